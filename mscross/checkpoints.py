@@ -1,0 +1,123 @@
+"""Orbax checkpoints of the train state: the latest ones (for resuming) and the best one on
+validation (for evaluation), each with a small JSON record beside it.
+
+Layout under the workdir::
+
+    checkpoints/latest/<step>/   the last `keep` saves; a rerun of train.py resumes from these
+    checkpoints/best/<step>/     the state with the best validation score so far
+
+Restoring walks the saved steps newest first and skips one that cannot be read (a save cut off by
+a crash, a damaged file), so one bad save costs at most `checkpoint_every` steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from mscross.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def _manager(directory: str, keep: int, read_only: bool) -> ocp.CheckpointManager:
+  opts = ocp.CheckpointManagerOptions(
+    preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+    create=not read_only,
+    read_only=read_only,
+    # Synchronous saves: the train state is donated to the next step, so its buffers must be on
+    # the host before training continues; these states are small.
+    enable_async_checkpointing=False,
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
+
+
+class CheckpointStore:
+  """The `latest` and `best` checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str, *, keep: int = 2, read_only: bool = False):
+    root = os.path.join(workdir, "checkpoints")
+    if read_only and not os.path.isdir(root):
+      raise CheckpointError(f"no checkpoints in {workdir!r}: run train.py with this workdir first")
+    self.latest = _manager(os.path.join(root, "latest"), keep, read_only)
+    self.best = _manager(os.path.join(root, "best"), 1, read_only)
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+  def __enter__(self) -> CheckpointStore:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  @staticmethod
+  def _save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+    mngr.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+      force=True,
+    )
+    mngr.wait_until_finished()
+
+  def save_latest(self, step: int, state: Any, meta: dict) -> None:
+    if step in self.latest.all_steps():
+      return
+    self._save(self.latest, step, state, meta)
+
+  def save_best(self, step: int, state: Any, meta: dict) -> None:
+    for old in self.best.all_steps():
+      if old == step:
+        return
+    self._save(self.best, step, state, meta)
+
+  @staticmethod
+  def _restore(mngr: ocp.CheckpointManager, target: Any, which: str):
+    steps = sorted(mngr.all_steps(), reverse=True)
+    if not steps:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    errors = []
+    for step in steps:
+      try:
+        restored = mngr.restore(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+          ),
+        )
+      except Exception as e:  # noqa: BLE001 - any failure to read means "try the previous one"
+        errors.append((step, e))
+        log.warning("checkpoint %s/%d cannot be restored (%s); trying an older one", which, step, e)
+        continue
+      _check_structure(restored.state, target, which, step)
+      return step, restored.state, dict(restored.meta)
+    step, err = errors[0]
+    msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+    raise CheckpointError(
+      f"no {which} checkpoint could be restored (newest: step {step}: {msg}); "
+      "was it written by a different model configuration?"
+    )
+
+  def restore_latest(self, target: Any):
+    """(step, state, meta) of the newest readable `latest` checkpoint, or None if there is none."""
+    return self._restore(self.latest, target, "latest")
+
+  def restore_best(self, target: Any):
+    """(step, state, meta) of the best-on-validation checkpoint, or None if there is none."""
+    return self._restore(self.best, target, "best")
+
+
+def _check_structure(restored: Any, target: Any, which: str, step: int) -> None:
+  got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), restored)
+  want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), target)
+  if got != want:
+    raise CheckpointError(
+      f"{which} checkpoint at step {step} does not match the model built from the config "
+      "(different layer sizes or dataset?)"
+    )

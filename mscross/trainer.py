@@ -1,0 +1,163 @@
+"""`train_and_evaluate(config, workdir)`: the training loop behind train.py.
+
+Steps run on the device in chunks between evaluation points. At every `eval_every` steps the
+VALIDATION split is scored and the best state so far is kept in `checkpoints/best`; every
+`checkpoint_every` steps (and on SIGINT/SIGTERM) the state is saved to `checkpoints/latest`, from
+which a rerun of the same command resumes. At the end the best-on-validation state is scored on
+validation and test and written to `WORKDIR/metrics.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from mscross import checkpoints, evaluate, input_pipeline, models, train_step
+from mscross import config as config_lib
+from mscross.errors import MscrossError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(MscrossError):
+  """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class _StopFlag:
+  """Turns SIGINT/SIGTERM into a flag checked between chunks, so the state is saved first."""
+
+  def __init__(self):
+    self.signum = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:  # a second signal: stop now
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def _next_boundary(step: int, total: int, *everies: int) -> int:
+  return min([total] + [(step // e + 1) * e for e in everies])
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains `config` in `workdir` (resuming if it holds checkpoints); returns metrics.json."""
+  config_lib.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  config_lib.save_config(config, workdir)
+  t = config.train
+
+  splits = input_pipeline.load_splits(config)
+  train, val, test = splits["train"], splits["validation"], splits["test"]
+  n, num_classes = len(train.label), train.label.shape[1]
+  net, disc = models.build_models(config, num_classes)
+  txs = train_step.make_optimizers(config)
+  state = train_step.init_state(config, net, disc, train.image.shape[1], train.text.shape[1], txs)
+  step_fn = train_step.make_train_step(config, net, disc, txs, int(t.steps))
+  data_key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 2)
+  chunk = train_step.make_train_chunk(step_fn, data_key, n, int(t.batch_size))
+  embed_fn = evaluate.make_embed_fn(config, net)
+  arrays = input_pipeline.device_arrays(train)
+  select = config.eval.select_metric
+
+  store = checkpoints.CheckpointStore(workdir, keep=int(t.keep_checkpoints))
+  meta = {"best_score": -np.inf, "best_step": -1, "train_seconds": 0.0}
+  restored = store.restore_latest(state)
+  if restored is not None:
+    _, state, meta = restored
+    log.info("resuming from step %d of %d", int(state.step), t.steps)
+  step = int(state.step)
+
+  history_path = os.path.join(workdir, "history.jsonl")
+  started = time.perf_counter()
+  seconds_before = float(meta["train_seconds"])
+
+  def save_latest(state):
+    meta["train_seconds"] = seconds_before + time.perf_counter() - started
+    store.save_latest(int(state.step), state, meta)
+
+  bar = tqdm(
+    total=int(t.steps),
+    initial=step,
+    desc=f"{config.method}/{config.data.name}",
+    unit="step",
+    dynamic_ncols=True,
+    disable=None,
+  )
+  with _StopFlag() as stop, open(history_path, "a") as history:
+    while step < t.steps and stop.signum is None:
+      target = _next_boundary(step, int(t.steps), int(t.eval_every), int(t.checkpoint_every))
+      state, m = chunk(state, arrays, target - step)
+      m = {k: float(v) for k, v in jax.device_get(m).items()}
+      bar.update(target - step)
+      step = int(state.step)
+      record = {"step": step, **m, "skipped": int(state.skipped)}
+
+      if int(state.nonfinite_run) >= t.max_nonfinite:
+        bar.close()
+        store.close()
+        raise TrainingDiverged(
+          f"{int(state.nonfinite_run)} consecutive steps had non-finite losses or gradients "
+          f"at step {step}; the last good checkpoint is in {workdir}/checkpoints/latest. "
+          "Lower config.optim.lr or set config.optim.grad_clip."
+        )
+      if step % t.eval_every == 0 or step == t.steps:
+        val_metrics = evaluate.split_metrics(config, embed_fn, state.params["gen"], val)
+        record.update({f"val_{k}": v for k, v in val_metrics.items()})
+        if val_metrics[select] > meta["best_score"]:
+          meta.update(best_score=val_metrics[select], best_step=step)
+          store.save_best(step, state, meta)
+        bar.set_postfix(
+          loss=f"{m['loss_emb']:.3f}",
+          d=f"{m['loss_disc']:.3f}",
+          **{f"val_{select}": f"{val_metrics[select]:.4f}"},
+        )
+      if step % t.checkpoint_every == 0 or step == t.steps:
+        save_latest(state)
+      history.write(json.dumps(record) + "\n")
+      history.flush()
+  bar.close()
+
+  if stop.signum is not None:
+    save_latest(state)
+    store.close()
+    log.warning("interrupted at step %d; state saved, rerun the same command to resume", step)
+    raise KeyboardInterrupt
+
+  best = store.restore_best(state)
+  store.close()
+  best_step, best_state, _ = best
+  gen = best_state.params["gen"]
+  result = {
+    "method": config.method,
+    "dataset": config.data.name,
+    "steps": int(t.steps),
+    "best_step": int(best_step),
+    "select_metric": select,
+    "train_seconds": round(seconds_before + time.perf_counter() - started, 3),
+    "skipped_steps": int(state.skipped),
+    "val": evaluate.split_metrics(config, embed_fn, gen, val),
+    "test": evaluate.split_metrics(config, embed_fn, gen, test),
+  }
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:
+    json.dump(result, f, indent=2, sort_keys=True)
+  return result
