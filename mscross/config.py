@@ -27,6 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""
   # Per-feature z-scores with training-split statistics.
   c.data.standardize = True
+  # Signed power applied before standardising (0.5 = Hellinger map for histograms; 1 = off).
+  c.data.img_power = 1.0
+  c.data.txt_power = 1.0
 
   c.model = ml_collections.ConfigDict()
   c.model.img_layers = (256, 64)

@@ -20,17 +20,26 @@ from mscross import data
 from mscross.errors import ConfigError, DataError
 
 
+def signed_power(x: np.ndarray, power: float) -> np.ndarray:
+  """sign(x) |x|^power: power 0.5 on bag-of-words histograms is the Hellinger map, which damps
+  bursty words/visual words (Perronnin et al., ECCV 2010)."""
+  return x if power == 1.0 else np.sign(x) * np.abs(x) ** power
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
-  """Per-feature standardisation with statistics of the training split (never of test)."""
+  """Signed power map, then per-feature standardisation with statistics of the training split
+  (never of test)."""
 
   img_mean: np.ndarray
   img_std: np.ndarray
   txt_mean: np.ndarray
   txt_std: np.ndarray
+  img_power: float = 1.0
+  txt_power: float = 1.0
 
   @classmethod
-  def fit(cls, split: data.Split, enabled: bool) -> Normalizer:
+  def fit(cls, split: data.Split, enabled: bool, img_power=1.0, txt_power=1.0) -> Normalizer:
     def stats(x):
       if not enabled:
         return np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
@@ -38,15 +47,17 @@ class Normalizer:
       # Constant features (common in BoVW histograms) would divide by zero.
       return x.mean(axis=0), np.where(std > 1e-8, std, 1.0).astype(np.float32)
 
-    im, isd = stats(split.image)
-    tm, tsd = stats(split.text)
-    return cls(im, isd, tm, tsd)
+    im, isd = stats(signed_power(split.image, img_power))
+    tm, tsd = stats(signed_power(split.text, txt_power))
+    return cls(im, isd, tm, tsd, img_power, txt_power)
 
   def __call__(self, split: data.Split) -> data.Split:
+    img = signed_power(split.image, self.img_power)
+    txt = signed_power(split.text, self.txt_power)
     return dataclasses.replace(
       split,
-      image=((split.image - self.img_mean) / self.img_std).astype(np.float32),
-      text=((split.text - self.txt_mean) / self.txt_std).astype(np.float32),
+      image=((img - self.img_mean) / self.img_std).astype(np.float32),
+      text=((txt - self.txt_mean) / self.txt_std).astype(np.float32),
     )
 
 
@@ -57,7 +68,8 @@ def load_splits(config, splits=("train", "validation", "test")) -> dict[str, dat
   for name in splits:
     if name not in raw:
       raw[name] = data.load_split(config.data.name, name, data_dir)
-  norm = Normalizer.fit(raw["train"], config.data.standardize)
+  d = config.data
+  norm = Normalizer.fit(raw["train"], d.standardize, d.img_power, d.txt_power)
   return {name: norm(raw[name]) for name in splits}
 
 

@@ -1,0 +1,240 @@
+"""dscmr_mat: DSCMR-style .mat feature folders, generated here in exactly that layout."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+import mscross.data
+from mscross.data import load_split
+from mscross.errors import DataError
+
+D_IMG, D_TXT, C = 12, 7, 4
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path_factory, monkeypatch):
+  # Shared by the session, so nothing is written to ~/.cache; every test's own source folder
+  # gets its own fingerprinted entry under it.
+  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mscross-cache"))
+
+
+def _save(folder: Path, name: str, array: np.ndarray, key: str | None = None) -> None:
+  scipy.io.savemat(folder / f"{name}.mat", {key or name: array})
+
+
+def write_dscmr(
+  folder: Path,
+  counts=None,
+  label_form: str = "column",
+  seed: int = 0,
+) -> dict[str, dict[str, np.ndarray]]:
+  """Writes a DSCMR-style folder; returns the arrays written, per file prefix.
+
+  label_form: "column" (N, 1) 0-based, "row" (1, N) 1-based (saved from a vector), or
+  "matrix" (N, C) multi-label 0/1.
+  """
+  counts = counts or {"train": 80, "test": 20}
+  rng = np.random.default_rng(seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  written = {}
+  for prefix, n in counts.items():
+    classes = np.arange(n) % C
+    image = rng.normal(size=(n, D_IMG)) + classes[:, None]
+    text = rng.normal(size=(n, D_TXT)) - classes[:, None]
+    if label_form == "column":
+      labels = classes[:, None]
+    elif label_form == "row":
+      labels = classes + 1
+    else:
+      labels = np.eye(C, dtype=np.uint8)[classes]
+      rows = np.arange(0, n, 3)  # every third example gets a second label
+      labels[rows, (classes[rows] + 1) % C] = 1
+    _save(folder, f"{prefix}_img", image)
+    _save(folder, f"{prefix}_txt", text)
+    _save(folder, f"{prefix}_img_lab", labels)
+    written[prefix] = {"image": image, "text": text, "labels": labels, "classes": classes}
+  return written
+
+
+def load_all(folder: Path) -> dict[str, mscross.data.Split]:
+  return {split: load_split("dscmr_mat", split, folder) for split in mscross.data.SPLITS}
+
+
+def assert_data_error(folder: Path, *fragments: str) -> str:
+  with pytest.raises(DataError) as info:
+    load_split("dscmr_mat", "train", folder)
+  message = str(info.value)
+  assert "\n" not in message
+  for fragment in fragments:
+    assert fragment in message, message
+  return message
+
+
+@pytest.mark.parametrize("label_form", ["column", "row"])
+def test_index_labels_without_validation(tmp_path, label_form):
+  written = write_dscmr(tmp_path, label_form=label_form)
+  splits = load_all(tmp_path)
+  sizes = {name: len(split.ids) for name, split in splits.items()}
+  assert sizes == {"train": 72, "validation": 8, "test": 20}
+  for split in splits.values():
+    assert split.image.dtype == split.text.dtype == split.label.dtype == np.float32
+    assert split.image.shape[1] == D_IMG and split.text.shape[1] == D_TXT
+    assert split.label.shape[1] == C
+    np.testing.assert_array_equal(split.label.sum(axis=1), 1)
+    assert split.class_names == ("0", "1", "2", "3")
+  # Stratified carving: 10% of 20 examples per class is 2 per class.
+  np.testing.assert_array_equal(splits["validation"].label.sum(axis=0), [2, 2, 2, 2])
+  # Ids index the source file; train + validation partition the train file.
+  train_ids = np.concatenate([splits["train"].ids, splits["validation"].ids]).astype(int)
+  assert sorted(train_ids) == list(range(80))
+  rows = splits["validation"].ids.astype(int)
+  np.testing.assert_allclose(splits["validation"].image, written["train"]["image"][rows], rtol=1e-6)
+  np.testing.assert_array_equal(np.argmax(splits["test"].label, axis=1), written["test"]["classes"])
+
+
+def test_multi_label_matrix_with_validation_files(tmp_path):
+  written = write_dscmr(
+    tmp_path, counts={"train": 60, "valid": 15, "test": 21}, label_form="matrix"
+  )
+  splits = load_all(tmp_path)
+  assert {k: len(v.ids) for k, v in splits.items()} == {"train": 60, "validation": 15, "test": 21}
+  for split, prefix in (("train", "train"), ("validation", "valid"), ("test", "test")):
+    np.testing.assert_array_equal(splits[split].label, written[prefix]["labels"])
+    np.testing.assert_allclose(splits[split].text, written[prefix]["text"], rtol=1e-6)
+  assert splits["train"].label.sum(axis=1).max() == 2
+  assert splits["train"].class_names == ("0", "1", "2", "3")
+
+
+def test_multi_label_without_validation_is_a_plain_random_carve(tmp_path):
+  write_dscmr(tmp_path, counts={"train": 50, "test": 10}, label_form="matrix")
+  splits = load_all(tmp_path)
+  assert len(splits["validation"].ids) == 5 and len(splits["train"].ids) == 45
+
+
+def test_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
+  write_dscmr(tmp_path)
+  first = load_split("dscmr_mat", "validation", tmp_path)
+
+  # A warm load must not touch the source reader at all.
+  def fail(*args, **kwargs):
+    raise AssertionError("source re-read although the cache is valid")
+
+  with monkeypatch.context() as patch:
+    patch.setattr(mscross.data.DscmrMat, "read_source", fail)
+    second = load_split("dscmr_mat", "validation", tmp_path)
+  np.testing.assert_array_equal(first.image, second.image)
+  np.testing.assert_array_equal(first.ids, second.ids)
+
+  # Editing a source file must re-prepare. The mtime is pushed forward explicitly so the test
+  # does not depend on the file system's timestamp resolution.
+  path = tmp_path / "train_img.mat"
+  image = scipy.io.loadmat(path)["train_img"]
+  _save(tmp_path, "train_img", image * 2)
+  stat = path.stat()
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+  third = load_split("dscmr_mat", "validation", tmp_path)
+  np.testing.assert_allclose(third.image, 2 * first.image, rtol=1e-6)
+
+
+@pytest.mark.parametrize("missing", ["test_txt.mat", "train_img_lab.mat"])
+def test_missing_file(tmp_path, missing):
+  write_dscmr(tmp_path)
+  (tmp_path / missing).unlink()
+  message = assert_data_error(tmp_path, missing, str(tmp_path))
+  assert "train_img.mat" in message  # the expected files are listed
+
+
+def test_partial_validation_set(tmp_path):
+  write_dscmr(tmp_path, counts={"train": 40, "valid": 8, "test": 8})
+  (tmp_path / "valid_txt.mat").unlink()
+  assert_data_error(tmp_path, "valid_txt.mat")
+
+
+def test_wrong_mat_key(tmp_path):
+  written = write_dscmr(tmp_path)
+  _save(tmp_path, "test_txt", written["test"]["text"], key="features")
+  assert_data_error(tmp_path, "test_txt.mat", "'test_txt'", "features")
+
+
+def test_not_a_mat_file(tmp_path):
+  write_dscmr(tmp_path)
+  (tmp_path / "test_img.mat").write_text("not a mat file")
+  assert_data_error(tmp_path, "test_img.mat")
+
+
+def test_feature_width_differs_between_splits(tmp_path):
+  write_dscmr(tmp_path)
+  _save(tmp_path, "test_img", np.zeros((20, D_IMG + 1)))
+  assert_data_error(tmp_path, "test_img.mat", f"{D_IMG + 1} feature columns, expected {D_IMG}")
+
+
+def test_different_pair_counts(tmp_path):
+  written = write_dscmr(tmp_path)
+  _save(tmp_path, "test_txt", written["test"]["text"][:-1])
+  assert_data_error(tmp_path, "test_txt.mat", "test_img.mat", "different numbers of examples")
+
+
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "inf")])
+def test_non_finite_features(tmp_path, bad, word):
+  written = write_dscmr(tmp_path)
+  image = written["train"]["image"].copy()
+  image[3, 2] = bad
+  image[5, 1] = bad
+  _save(tmp_path, "train_img", image)
+  assert_data_error(tmp_path, "train_img.mat", f"2 {word}")
+
+
+def test_index_labels_out_of_range(tmp_path):
+  written = write_dscmr(tmp_path)
+  _save(tmp_path, "train_img_lab", written["train"]["classes"][:, None] + 2)
+  _save(tmp_path, "test_img_lab", written["test"]["classes"][:, None] + 2)
+  assert_data_error(tmp_path, "img_lab.mat", "out of range", "smallest class index is 2")
+
+
+def test_non_integer_index_label(tmp_path):
+  written = write_dscmr(tmp_path)
+  labels = written["test"]["classes"][:, None].astype(float)
+  labels[4] = 1.5
+  _save(tmp_path, "test_img_lab", labels)
+  assert_data_error(tmp_path, "test_img_lab.mat", "out of range")
+
+
+def test_matrix_label_out_of_range(tmp_path):
+  written = write_dscmr(tmp_path, label_form="matrix")
+  labels = written["test"]["labels"].copy()
+  labels[0, 0] = 2
+  _save(tmp_path, "test_img_lab", labels)
+  assert_data_error(tmp_path, "test_img_lab.mat", "out of range")
+
+
+def test_matrix_example_without_label(tmp_path):
+  written = write_dscmr(tmp_path, label_form="matrix")
+  labels = written["train"]["labels"].copy()
+  labels[7] = 0
+  _save(tmp_path, "train_img_lab", labels)
+  assert_data_error(tmp_path, "train_img_lab.mat", "1 example has no label", "example 7")
+
+
+def test_index_example_without_label(tmp_path):
+  written = write_dscmr(tmp_path)
+  labels = written["test"]["classes"][:, None].astype(float)
+  labels[2] = np.nan
+  _save(tmp_path, "test_img_lab", labels)
+  assert_data_error(tmp_path, "test_img_lab.mat", "no label")
+
+
+def test_label_forms_differ(tmp_path):
+  written = write_dscmr(tmp_path)
+  _save(tmp_path, "test_img_lab", np.eye(C)[written["test"]["classes"]])
+  assert_data_error(tmp_path, "test_img_lab.mat", "label forms differ")
+
+
+def test_empty_split(tmp_path):
+  write_dscmr(tmp_path)
+  _save(tmp_path, "test_img", np.zeros((0, D_IMG)))
+  _save(tmp_path, "test_txt", np.zeros((0, D_TXT)))
+  _save(tmp_path, "test_img_lab", np.zeros((0, 1)))
+  assert_data_error(tmp_path, "test_img.mat", "no examples in the test split")
