@@ -1,0 +1,77 @@
+"""train.py and eval.py as a user runs them: real subprocesses on tiny runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+  "--config.train.steps=20",
+  "--config.train.eval_every=10",
+  "--config.train.checkpoint_every=10",
+  "--config.model.img_layers=(32,16)",
+  "--config.model.txt_layers=(32,16)",
+]
+
+
+def run(*args, cwd=ROOT):
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=cwd,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+  )
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  wd = tmp_path_factory.mktemp("cli") / "run"
+  proc = run("train.py", "--config", "configs/default.py", "--workdir", str(wd), *TINY)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  last = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert {"test_i2t_map", "test_t2i_map", "test_avg_map"} <= set(last)
+  return wd
+
+
+def test_train_writes_config_metrics_and_checkpoints(workdir):
+  config = json.loads((workdir / "config.json").read_text())
+  # The command-line override reached the resolved config.
+  assert config["train"]["steps"] == 20 and config["model"]["img_layers"] == [32, 16]
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  assert metrics["steps"] == 20
+  assert (workdir / "checkpoints" / "best").is_dir()
+
+
+def test_eval_prints_the_metrics_json_numbers(workdir, tmp_path):
+  proc = run("eval.py", "--workdir", str(workdir), "--export", str(tmp_path / "emb"))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  printed = json.loads(proc.stdout.strip().splitlines()[-1])
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  for key, value in metrics["test"].items():
+    assert abs(printed[key] - value) <= 1e-6, key
+  assert sorted(os.listdir(tmp_path / "emb")) == [
+    "ids.npy",
+    "img_emb.npy",
+    "labels.npy",
+    "txt_emb.npy",
+  ]
+
+
+def test_rerun_of_a_finished_run_trains_nothing(workdir):
+  before = (workdir / "history.jsonl").read_text()
+  proc = run("train.py", "--config", "configs/default.py", "--workdir", str(workdir), *TINY)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert (workdir / "history.jsonl").read_text() == before
+
+
+def test_eval_on_a_workdir_without_a_run_is_one_line_error(tmp_path):
+  proc = run("eval.py", "--workdir", str(tmp_path))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().startswith("error:")
+  assert "Traceback" not in proc.stderr
