@@ -90,9 +90,15 @@ def _multi_negative(
 
 
 @loss_term("ms2gan_similarity")
-def _ms2gan_similarity(out, batch, *, params, rng, margin: float = 1.0):
+def _ms2gan_similarity(out, batch, *, params, rng, margin: float = 1.0, mining: str = "all"):
   return losses.ms2gan_similarity_loss(
-    out["spec_img"], out["img"], out["spec_txt"], out["txt"], batch["label"], margin=margin
+    out["spec_img"],
+    out["img"],
+    out["spec_txt"],
+    out["txt"],
+    batch["label"],
+    margin=margin,
+    mining=mining,
   )
 
 
