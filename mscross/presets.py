@@ -72,7 +72,7 @@ def _ms2gan(c):
   c.method = "ms2gan"
   c.model.img_layers = (512, 128)
   c.model.txt_layers = (256, 128)
-  c.model.shared_layers = (128, 64)
+  c.model.shared_layers = (128, 128)
   c.model.classifier_input = "concat"
   c.model.retrieval = "joint"
   c.model.mu = 1.0
