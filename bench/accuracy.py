@@ -61,18 +61,9 @@ ABLATIONS = (
 )
 
 
-def apply_overrides(config, overrides: dict) -> None:
-  for dotted, value in overrides.items():
-    *path, last = dotted.split(".")
-    node = config
-    for key in path:
-      node = node[key]
-    node[last] = value
-
-
 def run_one(variant: Variant, dataset: str, seed: int, root: str, data_dir: str | None) -> dict:
   config = presets.build(variant.method, dataset)
-  apply_overrides(config, variant.overrides)
+  presets.apply_overrides(config, variant.overrides)
   config.seed = seed
   if data_dir:
     config.data.data_dir = data_dir
