@@ -61,7 +61,10 @@ ABLATIONS = (
 )
 
 
-def run_one(variant: Variant, dataset: str, seed: int, root: str, data_dir: str | None) -> dict:
+def run_one(
+  variant: Variant, dataset: str, seed: int, root: str, data_dir: str | None, *, train: bool
+) -> dict | None:
+  """The run's figures; trains it unless it finished before (None if absent and not train)."""
   config = presets.build(variant.method, dataset)
   presets.apply_overrides(config, variant.overrides)
   config.seed = seed
@@ -72,8 +75,10 @@ def run_one(variant: Variant, dataset: str, seed: int, root: str, data_dir: str 
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
       result = json.load(f)
-  else:
+  elif train:
     result = trainer.train_and_evaluate(config, workdir)
+  else:
+    return None
   row = {
     "variant": variant.name,
     "dataset": dataset,
@@ -96,6 +101,17 @@ def shared_only(workdir: str) -> dict:
   net, _ = models.build_models(config, test.label.shape[1])
   m = evaluate.split_metrics(config, evaluate.make_embed_fn(config, net), gen_params, test)
   return {f"shared_only_test_{k}": m[k] for k in ("i2t_map", "t2i_map", "avg_map")}
+
+
+def cpu_name() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.machine()
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -159,6 +175,12 @@ def main(argv=None) -> int:
   p.add_argument("--root", default="runs/bench_accuracy", help="where the run workdirs go")
   p.add_argument("--data-dir", default=None, help="data directory (else MSCROSS_DATA_DIR)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+  p.add_argument(
+    "--train",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="--no-train tabulates the runs that already finished under --root and trains nothing",
+  )
   args = p.parse_args(argv)
   logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -167,13 +189,15 @@ def main(argv=None) -> int:
     plan += [(v, d) for d in args.ablation_datasets for v in ABLATIONS if v.method in args.methods]
   rows, started = [], time.perf_counter()
   total = len(plan) * args.seeds
-  for i, (variant, dataset) in enumerate(plan):
-    for seed in range(args.seeds):
-      row = run_one(variant, dataset, seed, args.root, args.data_dir)
+  # Seeds outermost: a benchmark cut short still covers every cell, with fewer seeds.
+  for seed in range(args.seeds):
+    for variant, dataset in plan:
+      row = run_one(variant, dataset, seed, args.root, args.data_dir, train=args.train)
+      if row is None:
+        continue
       rows.append(row)
-      done = i * args.seeds + seed + 1
       print(
-        f"[{done}/{total} {time.perf_counter() - started:.0f}s] {variant.name} {dataset} "
+        f"[{len(rows)}/{total} {time.perf_counter() - started:.0f}s] {variant.name} {dataset} "
         f"seed {seed}: test avg mAP {row['test_avg_map']:.4f} "
         f"(i2t {row['test_i2t_map']:.4f}, t2i {row['test_t2i_map']:.4f}), "
         f"best step {row['best_step']}, {row['train_seconds']:.0f}s",
@@ -181,11 +205,11 @@ def main(argv=None) -> int:
       )
 
   summary = summarise(rows)
-  machine = platform.processor() or platform.machine()
+  machine = cpu_name()
   command = " ".join(sys.argv[1:] if argv is None else argv)
   header = (
     f"mAP@all on the test split (cosine ranking over the whole test set), model chosen on the "
-    f"validation split, mean ± std over {args.seeds} seeds. Machine: {machine}, "
+    f"validation split, mean ± std over the seeds listed. Machine: {machine}, "
     f"{os.cpu_count()} cores, Python {sys.version.split()[0]}. "
     f"Command: `python bench/accuracy.py {command}`"
   )
