@@ -3,6 +3,9 @@
     python train.py --config configs/acmr_wikipedia.py --workdir runs/acmr_wiki \
         --config.optim.lr=1e-4
 
+On several hosts (a multi-host TPU slice, or GPU hosts), run the same command on every host with
+`--multihost`; see docs/multihost.md.
+
 Kept short on purpose: the logic lives in `mscross.trainer`, where it can be tested.
 """
 
@@ -10,6 +13,7 @@ import json
 import os
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -22,10 +26,33 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Where checkpoints and metrics go (default: runs/<method>_<dataset>)."
 )
+_MULTIHOST = flags.DEFINE_bool(
+  "multihost",
+  False,
+  "Join a multi-process run (jax.distributed.initialize) before anything else: the same command "
+  "on every host; the coordinator comes from the environment (TPU pod, SLURM, Open MPI, "
+  "JAX_COORDINATOR_ADDRESS) unless the three flags below give it.",
+)
+_COORDINATOR = flags.DEFINE_string(
+  "coordinator_address", None, "With --multihost: host:port of process 0 (default: environment)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  "num_processes", None, "With --multihost: number of processes (default: environment)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  "process_id", None, "With --multihost: this process's index (default: environment)."
+)
 
 
 def main(argv):
   del argv
+  if _MULTIHOST.value:
+    # Must come before any JAX computation: it decides which devices exist.
+    jax.distributed.initialize(
+      coordinator_address=_COORDINATOR.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+    )
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
     "runs", f"{config.method}_{config.data.name.replace('/', '_')}"
@@ -33,6 +60,8 @@ def main(argv):
 
   def go():
     result = trainer.train_and_evaluate(config, workdir)
+    if jax.process_index() != 0:
+      return
     print(
       json.dumps(
         {

@@ -15,6 +15,21 @@ from mscross.errors import MscrossError
 VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug logging.")
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """`app.run(main, flags_parser=parse_flags)`: a bad flag, config file or `--config.*` override
+  (an unknown key, a value of the wrong type) is one line on stderr and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except Exception as e:  # noqa: BLE001 - config_flags raises whatever the config file raises
+    overrides = [a for a in argv[1:] if a.startswith("--config")]
+    message = f"cannot build the config from {' '.join(overrides)}: {type(e).__name__}: {e}"
+  print(f"error: {message.splitlines()[0] if message else 'bad command line'}", file=sys.stderr)
+  print("       (--helpfull lists the flags; keys are those of the config file)", file=sys.stderr)
+  sys.exit(2)
+
+
 def run(fn: Callable[[], int | None]) -> int:
   """Calls `fn`; a MscrossError becomes `error: <message>` on stderr and exit status 2."""
   verbose = VERBOSE.value

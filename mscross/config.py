@@ -41,6 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.classifier_input = "common"  # or "concat" ([specific; common], MS2GAN)
   c.model.retrieval = "common"  # or "joint" ([n(specific); mu * n(common)], MS2GAN)
   c.model.mu = 1.0
+  # "bfloat16": Dense layers compute in bfloat16; params, optimiser state and losses stay float32.
+  c.model.dtype = "float32"
 
   c.disc = ml_collections.ConfigDict()
   c.disc.layers = (32, 16)
@@ -75,6 +77,17 @@ def base_config() -> ml_collections.ConfigDict:
   # Consecutive non-finite steps tolerated before training stops at the last good checkpoint.
   c.train.max_nonfinite = 20
 
+  # Data parallelism (mscross/parallel.py): the global batch train.batch_size is split evenly over
+  # the devices and every batch-level loss term sees the whole global batch.
+  c.parallel = ml_collections.ConfigDict()
+  # 0: every device (of every process under train.py --multihost); 1: the single-device path.
+  c.parallel.num_devices = 0
+  # "device": the whole training split on every device, batches gathered inside the step;
+  # "host": each process gathers the rows of its own devices on the host, `host_steps` steps per
+  # transfer; "auto": "device" in one process, "host" with several.
+  c.parallel.feed = "auto"
+  c.parallel.host_steps = 50
+
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (1, 5, 10, 50, 100)
   c.eval.map_ks = (50,)
@@ -106,6 +119,20 @@ def validate(config) -> None:
     raise ConfigError(f"config.adv.mode must be alternating or reversal: {config.adv.mode!r}")
   if config.eval.select_metric.split("_", 1)[0] not in ("i2t", "t2i", "avg"):
     raise ConfigError("config.eval.select_metric must start with i2t_, t2i_ or avg_")
+  if config.model.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.model.dtype must be float32 or bfloat16: {config.model.dtype!r}")
+  p = config.parallel
+  if int(p.num_devices) < 0:
+    raise ConfigError(f"config.parallel.num_devices must be >= 0, got {p.num_devices}")
+  if int(p.num_devices) > 0 and int(t.batch_size) % int(p.num_devices):
+    raise ConfigError(
+      f"config.train.batch_size={t.batch_size} (the global batch) must be divisible by "
+      f"config.parallel.num_devices={p.num_devices}"
+    )
+  if p.feed not in ("auto", "device", "host"):
+    raise ConfigError(f"config.parallel.feed must be auto, device or host: {p.feed!r}")
+  if int(p.host_steps) < 1:
+    raise ConfigError(f"config.parallel.host_steps must be positive, got {p.host_steps}")
 
 
 def save_config(config, workdir: str) -> str:

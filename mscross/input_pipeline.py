@@ -6,15 +6,23 @@ only on (seed, step): epoch e uses the permutation `permutation(fold_in(key, e),
 takes rows `[(s mod S) * B, (s mod S) * B + B)` of it (S = steps per epoch, last partial batch
 dropped). A resumed run therefore sees exactly the batches an uninterrupted run would, and there
 is no host-to-device copy on the training path.
+
+Under data parallelism (`mscross.parallel`) the global batch indices are the same, and device i
+of N takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order does not depend on the
+device count. Either every device holds the whole split and gathers its rows in the step
+(`device_rows`), or the host gathers them (`host_batch_indices`) and each process puts only its
+own devices' rows on them (multi-host).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from mscross import data
 from mscross.errors import ConfigError, DataError
@@ -101,3 +109,26 @@ def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size
 
 def gather_batch(arrays: dict[str, jax.Array], idx: jax.Array) -> dict[str, jax.Array]:
   return {k: jnp.take(v, idx, axis=0) for k, v in arrays.items()}
+
+
+def device_rows(idx: jax.Array, axis_name: str) -> jax.Array:
+  """This device's rows `[i * b, (i + 1) * b)` of the global batch indices `idx`, b = B / N
+  (inside `shard_map` over `axis_name`, whose size N divides B)."""
+  local = idx.shape[0] // lax.axis_size(axis_name)
+  return lax.dynamic_slice_in_dim(idx, lax.axis_index(axis_name) * local, local)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _steps_indices(key, first_step, num_steps, num_examples, batch_size):
+  steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
+  return jax.vmap(lambda s: batch_indices(key, s, num_examples, batch_size))(steps)
+
+
+def host_batch_indices(
+  key: jax.Array, first_step: int, num_steps: int, num_examples: int, batch_size: int
+) -> np.ndarray:
+  """[num_steps, B] batch indices of steps first_step, first_step + 1, ... on the host: the same
+  rows `batch_indices` gives inside the step (threefry is deterministic on every platform, so
+  every process computes the same ones)."""
+  idx = _steps_indices(key, jnp.int32(first_step), num_steps, num_examples, batch_size)
+  return np.asarray(jax.device_get(idx))

@@ -1,0 +1,446 @@
+"""Data parallelism: N devices and one device at the same global batch and seed train the same
+model (both adversarial modes, random and all-pairs negatives, device- and host-fed batches);
+the trainer on 8 devices writes checkpoints that one device resumes; two processes on localhost
+train like one; the non-finite guard holds on every replica; bfloat16 compute.
+
+Fake CPU devices need the device count set before JAX starts, and this pytest process has already
+started JAX, so the multi-device checks run this file as a script in a subprocess
+(`python tests/test_parallel.py <command> <devices>`), which prints its measurements as JSON.
+Steps on fake devices are fetched one at a time: all-gather steps dispatched back to back can
+deadlock there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mscross import config as config_lib
+from mscross import data, input_pipeline, models, parallel, presets, train_step
+from mscross.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+D_IMG, D_TXT, C, N_EXAMPLES, BATCH, STEPS = 12, 7, 4, 64, 16, 20
+
+
+def small_config(method="acmr", mode="alternating", **overrides):
+  c = config_lib.base_config()
+  c.method = method
+  c.model.img_layers = (16, 8)
+  c.model.txt_layers = (16, 8)
+  c.disc.layers = (8, 4)
+  c.adv.mode = mode
+  c.optim.lr = 1e-3
+  c.train.batch_size = BATCH
+  c.train.steps = 50
+  if method == "mnsgan":
+    c.loss = dict(
+      label=dict(weight=1.0),
+      multi_negative=dict(weight=1.0, tau=0.1, negatives="all", k=5, intra_weight=0.5),
+      reg=dict(weight=1e-2),
+    )
+  else:  # ACMR: random negatives; a large reg weight makes a mis-scaled reg gradient visible
+    c.loss.reg = dict(weight=1e-2)
+  for key, value in overrides.items():
+    section, name = key.split("__")
+    c[section][name] = value
+  return c
+
+
+def synthetic_split(seed=0):
+  rng = np.random.default_rng(seed)
+  labels = np.eye(C, dtype=np.float32)[rng.integers(0, C, N_EXAMPLES)]
+  return data.Split(
+    image=rng.normal(size=(N_EXAMPLES, D_IMG)).astype(np.float32),
+    text=rng.normal(size=(N_EXAMPLES, D_TXT)).astype(np.float32),
+    label=labels,
+    ids=np.arange(N_EXAMPLES).astype(str),
+    class_names=tuple(f"c{i}" for i in range(C)),
+  )
+
+
+def setup(config):
+  net, disc = models.build_models(config, C)
+  txs = train_step.make_optimizers(config)
+  state = train_step.init_state(config, net, disc, D_IMG, D_TXT, txs)
+  return net, disc, txs, state
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+# --- run in a subprocess with fake CPU devices ------------------------------------------------
+
+# (method, adversarial mode, devices, feed); each is compared with the single-device run.
+CASES = [
+  ("acmr", "alternating", 8, "device"),  # random negatives: the same draws on every device
+  ("acmr", "alternating", 2, "host"),
+  ("mnsgan", "alternating", 8, "device"),  # all-pairs negatives over the global batch
+  ("mnsgan", "reversal", 8, "device"),
+]
+
+
+def _train_single(config, split, key):
+  net, disc, txs, state = setup(config)
+  step_fn = train_step.make_train_step(config, net, disc, txs, int(config.train.steps))
+  chunk = train_step.make_train_chunk(step_fn, key, N_EXAMPLES, BATCH)
+  arrays = input_pipeline.device_arrays(split)
+  history = []
+  for _ in range(STEPS):
+    state, m = chunk(state, arrays, 1)
+    history.append({k: float(v) for k, v in jax.device_get(m).items()})
+  return state, history
+
+
+def _parallel_chunk(config, split, key, num_devices, feed):
+  net, disc, txs, state = setup(config)
+  mesh = parallel.make_mesh(num_devices)
+  step_fn = train_step.make_train_step(
+    config, net, disc, txs, int(config.train.steps), axis_name=parallel.AXIS
+  )
+  chunk, data = parallel.make_parallel_chunk(
+    step_fn, mesh, key, split, BATCH, feed=feed, host_steps=8
+  )
+  return chunk, data, parallel.replicate(state, mesh)
+
+
+def _train_parallel(chunk, data, state):
+  history = []
+  for _ in range(STEPS):
+    state, m = chunk(state, data, 1)
+    history.append({k: float(v) for k, v in parallel.to_host(m).items()})  # blocks
+  return state, history
+
+
+def _replicas_identical(state) -> bool:
+  def same(x):
+    first = np.asarray(x.addressable_shards[0].data)
+    return all(np.array_equal(np.asarray(s.data), first) for s in x.addressable_shards)
+
+  return all(same(x) for x in jax.tree.leaves(state))
+
+
+def _nonfinite_guard(chunk, split, key, state):
+  """A NaN in ONE device's rows at step 0: every replica skips the step and stays identical."""
+  first = input_pipeline.host_batch_indices(key, 0, 1, N_EXAMPLES, BATCH)[0]
+  image = split.image.copy()
+  image[int(first[BATCH - 1]), 0] = np.nan  # the last device's last row
+  bad = {"image": image, "text": split.text, "label": split.label}
+  before = flat(parallel.to_host(state.params))
+  state, _ = chunk(state, parallel.replicate(bad, state.step.sharding.mesh), 1)
+  host = parallel.to_host(state)
+  return {
+    "skipped": int(host.skipped),
+    "nonfinite_run": int(host.nonfinite_run),
+    "params_unchanged": bool(np.array_equal(flat(host.params), before)),
+    "replicas_identical": _replicas_identical(state),
+  }
+
+
+def _equivalence():
+  split, key, cases, singles = synthetic_split(), jax.random.PRNGKey(7), {}, {}
+  guard = None
+  for method, mode, num_devices, feed in CASES:
+    config = small_config(method, mode)
+    t0 = time.perf_counter()
+    if (method, mode) not in singles:
+      singles[method, mode] = _train_single(config, split, key)
+    single, h1 = singles[method, mode]
+    chunk, data, state0 = _parallel_chunk(config, split, key, num_devices, feed)
+    multi, hn = _train_parallel(chunk, data, state0)
+    p1, pn = flat(single.params), flat(parallel.to_host(multi.params))
+    cases[f"{method}-{mode}-{num_devices}-{feed}"] = {
+      "param_max_abs_diff": float(np.max(np.abs(p1 - pn))),
+      "moved": float(np.max(np.abs(p1 - flat(setup(config)[3].params)))),
+      "metrics": {k: [[a[k] for a in h1], [b[k] for b in hn]] for k in h1[0]},
+      "replicas_identical": _replicas_identical(multi),
+      "steps": int(parallel.to_host(multi.step)),
+      "seconds": time.perf_counter() - t0,
+    }
+    if guard is None and feed == "device" and num_devices == 8 and method == "mnsgan":
+      _, _, fresh = _parallel_chunk(config, split, key, num_devices, feed)
+      guard = _nonfinite_guard(chunk, split, key, fresh)
+  return {"cases": cases, "guard": guard}
+
+
+def _bfloat16():
+  """bf16 compute next to float32 on the same params, then 5 bf16 training steps."""
+  c32, c16 = small_config("mnsgan"), small_config("mnsgan")
+  c16.model.dtype = "bfloat16"
+  config_lib.validate(c16)
+  net16, disc16, txs, state = setup(c16)
+  net32, _ = models.build_models(c32, C)
+  split = synthetic_split()
+  batch = {k: jnp.asarray(getattr(split, k)[:BATCH]) for k in ("image", "text", "label")}
+  out16 = net16.apply({"params": state.params["gen"]}, batch["image"], batch["text"])
+  out32 = net32.apply({"params": state.params["gen"]}, batch["image"], batch["text"])
+  logits = disc16.apply({"params": state.params["disc"]}, out16["img"])
+  before = flat(state.params)
+  step = jax.jit(train_step.make_train_step(c16, net16, disc16, txs, 50))
+  finite = True
+  for _ in range(5):
+    state, m = step(state, batch)
+    finite &= all(np.isfinite(float(v)) for v in m.values())
+  leaves = [x for x in jax.tree.leaves((state.params, state.opt_state)) if x.ndim]
+  return {
+    "output_dtypes": sorted({str(x.dtype) for x in [*out16.values(), logits]}),
+    "output_diff": {
+      k: [float(jnp.max(jnp.abs(out16[k] - out32[k]))), float(jnp.max(jnp.abs(out32[k])))]
+      for k in out32
+    },
+    "finite": bool(finite),
+    "skipped": int(state.skipped),
+    "moved": float(np.max(np.abs(flat(state.params) - before))),
+    "state_dtypes": sorted({str(x.dtype) for x in leaves}),
+  }
+
+
+def tiny_trainer_config(steps=20):
+  """configs/default.py with test_cli's TINY overrides (so train.py can run the same)."""
+  c = presets.build("mnsgan", "digits")
+  c.model.img_layers = (32, 16)
+  c.model.txt_layers = (32, 16)
+  c.train.steps = steps
+  c.train.eval_every = 10
+  c.train.checkpoint_every = 10
+  return c
+
+
+def _trainer(workdir):
+  from mscross import evaluate, trainer
+
+  wd8, wd1 = os.path.join(workdir, "eight"), os.path.join(workdir, "one")
+  config = tiny_trainer_config()
+  config.parallel.num_devices = 8
+  result = trainer.train_and_evaluate(config, wd8)
+  # evaluate_workdir restores into a single-device state.
+  restored = evaluate.evaluate_workdir(wd8, split="test")
+  # Resume the 8-device run's step-20 checkpoint on ONE device, 10 more steps.
+  shutil.copytree(wd8, wd1)
+  os.remove(os.path.join(wd1, "metrics.json"))
+  config = tiny_trainer_config(steps=30)
+  config.parallel.num_devices = 1
+  resumed = trainer.train_and_evaluate(config, wd1)
+  with open(os.path.join(wd1, "history.jsonl")) as f:
+    steps = [json.loads(line)["step"] for line in f]
+  return {"eight": result, "restored": restored, "resumed": resumed, "resumed_steps": steps}
+
+
+def _main(argv):
+  command, num_devices = argv[0], int(argv[1])
+  jax.config.update("jax_num_cpu_devices", num_devices)
+  if command == "equivalence":
+    result = {**_equivalence(), "bf16": _bfloat16()}
+  elif command == "trainer":
+    result = _trainer(argv[2])
+  else:
+    raise SystemExit(f"unknown command {command!r}")
+  print(json.dumps(result))
+
+
+if __name__ == "__main__":
+  _main(sys.argv[1:])
+
+
+# --- the tests ----------------------------------------------------------------------------------
+
+# XLA's CPU backend optimisations cost most of these tiny programs' compile time (20 s -> 7 s per
+# train chunk here) and buy nothing at this size; both sides of every comparison use them alike.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _env(**extra):
+  flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+  return {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": flags, **extra}
+
+
+def _subprocess(*args, timeout=600):
+  proc = subprocess.run(
+    [sys.executable, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    env=_env(),
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def _script(*args):
+  proc = _subprocess(str(Path(__file__).resolve()), *args)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def equivalence():
+  return _script("equivalence", "8")
+
+
+@pytest.mark.parametrize("case", [f"{m}-{a}-{n}-{f}" for m, a, n, f in CASES])
+def test_data_parallel_trains_like_one_device(equivalence, case):
+  r = equivalence["cases"][case]
+  assert r["steps"] == STEPS
+  assert r["moved"] > 1e-3  # the comparison is not vacuous: training moved the weights
+  assert r["param_max_abs_diff"] < 1e-5, r["param_max_abs_diff"]
+  for name, (one, many) in r["metrics"].items():
+    np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("case", [f"{m}-{a}-{n}-{f}" for m, a, n, f in CASES])
+def test_gradients_are_the_single_device_gradients(equivalence, case):
+  # Adam hides a uniform gradient factor (it normalises by the gradient's scale), so a wrong
+  # all-gather/pmean scaling would hardly show in the weights: compare the gradient norms.
+  r = equivalence["cases"][case]
+  for name in ("grad_norm_gen", "grad_norm_disc"):
+    one, many = r["metrics"][name]
+    assert min(one) > 0 or name == "grad_norm_disc"
+    np.testing.assert_allclose(many, one, rtol=1e-5, err_msg=name)
+  # The Frobenius regulariser (a parameter-only term) is part of the generator's loss here.
+  assert min(r["metrics"]["loss_reg"][0]) > 0
+
+
+def test_replicas_never_diverge(equivalence):
+  assert all(r["replicas_identical"] for r in equivalence["cases"].values())
+
+
+def test_nonfinite_rows_on_one_device_skip_the_step_everywhere(equivalence):
+  g = equivalence["guard"]
+  assert g == {
+    "skipped": 1,
+    "nonfinite_run": 1,
+    "params_unchanged": True,
+    "replicas_identical": True,
+  }
+
+
+@pytest.fixture(scope="module")
+def eight_device_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("dp")
+  return workdir, _script("trainer", "8", str(workdir))
+
+
+@pytest.mark.slow
+def test_trainer_checkpoint_from_eight_devices_restores_on_one(eight_device_run):
+  workdir, r = eight_device_run
+  with open(workdir / "eight" / "metrics.json") as f:
+    on_disk = json.load(f)
+  assert on_disk["test"]["avg_map"] > 0.1
+  for key, value in r["eight"]["test"].items():
+    assert r["restored"][key] == pytest.approx(value, abs=1e-6), key
+  assert r["resumed_steps"] == [10, 20, 30]  # resumed at 20 on one device
+  assert r["resumed"]["steps"] == 30 and r["resumed"]["skipped_steps"] == 0
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_eight_devices(eight_device_run, tmp_path):
+  """train.py --multihost, 2 processes x 2 CPU devices on localhost (gloo collectives): the
+  same history as the 8-device run, written once, by process 0."""
+  workdir, r = eight_device_run
+  run_dir, port = tmp_path / "run", _free_port()
+  tiny = [
+    "--config.train.steps=20",
+    "--config.train.eval_every=10",
+    "--config.train.checkpoint_every=10",
+    "--config.model.img_layers=(32,16)",
+    "--config.model.txt_layers=(32,16)",
+  ]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "train.py",
+        "--multihost",
+        f"--coordinator_address=localhost:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        "--config=configs/default.py",
+        f"--workdir={run_dir}",
+        *tiny,
+      ],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=_env(JAX_NUM_CPU_DEVICES="2"),
+    )
+    for i in range(2)
+  ]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=600))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outs, strict=True):
+    assert p.returncode == 0, err[-3000:]
+  # Only process 0 prints the result line.
+  assert outs[0][0].strip().splitlines()[-1].startswith("{")
+  assert not any(line.startswith("{") for line in outs[1][0].splitlines())
+
+  def history(path):
+    with open(path) as f:
+      return [json.loads(line) for line in f]
+
+  two, eight = history(run_dir / "history.jsonl"), history(workdir / "eight" / "history.jsonl")
+  assert [h["step"] for h in two] == [10, 20]  # written once, not once per process
+  for a, b in zip(two, eight, strict=True):
+    for key in b:
+      assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+  with open(run_dir / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["test"]["avg_map"] == pytest.approx(r["eight"]["test"]["avg_map"], abs=1e-4)
+
+
+# --- in this process (one device) ---------------------------------------------------------------
+
+
+def test_global_batch_must_divide_over_the_devices():
+  c = small_config()
+  c.parallel.num_devices = 3
+  with pytest.raises(ConfigError, match="divisible"):
+    config_lib.validate(c)
+  c.parallel.num_devices = jax.device_count() + 1
+  c.train.batch_size = BATCH * c.parallel.num_devices
+  with pytest.raises(ConfigError, match="only"):
+    parallel.resolve_num_devices(c)
+  c.parallel.num_devices = 0
+  assert parallel.resolve_num_devices(c) == jax.device_count()
+
+
+def test_bfloat16_trains_with_float32_params_and_close_outputs(equivalence):
+  r = equivalence["bf16"]
+  assert r["output_dtypes"] == ["float32"]  # the losses see float32
+  for name, (diff, scale) in r["output_diff"].items():
+    assert diff < 0.05 * (1 + scale), (name, diff)
+  # The Dense layers really computed in bfloat16 (about 3 significant digits), not float32.
+  assert r["output_diff"]["img"][0] > 1e-5
+  assert r["finite"] and r["skipped"] == 0 and r["moved"] > 1e-4
+  assert r["state_dtypes"] == ["float32"]  # params and Adam moments
+
+
+def test_unknown_dtype_is_a_config_error():
+  c = small_config()
+  c.model.dtype = "float16"
+  with pytest.raises(ConfigError, match="dtype"):
+    config_lib.validate(c)
