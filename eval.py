@@ -9,7 +9,7 @@ import sys
 
 from absl import app, flags
 
-from mscross import cli, evaluate, report
+from mscross import cli, evaluate, report, retrieval
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train.py.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to score.")
@@ -19,6 +19,12 @@ _REPORT = flags.DEFINE_bool(
   False,
   "Also write PR and precision@K curves, a per-class AP table and an HTML page of top-10 results "
   "into the workdir.",
+)
+_TOPK = flags.DEFINE_integer(
+  "topk",
+  None,
+  "Also write the top-K neighbours of every query, both directions, to <workdir>/topk_<split>/.",
+  lower_bound=1,
 )
 
 
@@ -31,9 +37,12 @@ def main(argv):
     if _REPORT.value:
       path = report.write_report(_WORKDIR.value, split=_SPLIT.value)
       print(f"report: {path}", file=sys.stderr)
+    if _TOPK.value:
+      path = retrieval.write_topk(_WORKDIR.value, split=_SPLIT.value, k=_TOPK.value)
+      print(f"top-{_TOPK.value} neighbours: {path}", file=sys.stderr)
 
   sys.exit(cli.run(go))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

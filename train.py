@@ -15,14 +15,11 @@ import sys
 
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from mscross import cli, trainer
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", os.path.join(_HERE, "configs", "default.py"), "Config file.", lock_config=True
-)
+_CONFIG = cli.define_config_flag(os.path.join(_HERE, "configs", "default.py"))
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Where checkpoints and metrics go (default: runs/<method>_<dataset>)."
 )
@@ -76,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

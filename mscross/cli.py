@@ -9,10 +9,36 @@ from collections.abc import Callable
 
 from absl import flags
 from absl import logging as absl_logging
+from ml_collections import config_flags
 
 from mscross.errors import MscrossError
 
 VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug logging.")
+
+
+def define_config_flag(default: str):
+  """`config_flags.DEFINE_config_file("config", default, lock_config=True)`, where a bad
+  `--config.*` override (which config_flags reads from sys.argv right here) is one line on stderr
+  and exit status 2 instead of a traceback."""
+  try:
+    return config_flags.DEFINE_config_file("config", default, "Config file.", lock_config=True)
+  except Exception as e:  # noqa: BLE001 - config_flags raises whatever the config file raises
+    _bad_command_line(_config_message(sys.argv, e))
+
+
+def _config_message(argv, e: Exception) -> str:
+  overrides = [a for a in argv[1:] if a.startswith("--config")]
+  detail = str(e).strip("\"'") or type(e).__name__
+  return f"cannot apply {' '.join(overrides) or 'the config file'}: {type(e).__name__}: {detail}"
+
+
+def _bad_command_line(message: str):
+  print(f"error: {message.splitlines()[0] if message else 'bad command line'}", file=sys.stderr)
+  print(
+    "       (--helpfull lists the flags; --config.* keys are those of the config file)",
+    file=sys.stderr,
+  )
+  sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -21,13 +47,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    message = str(e)
+    _bad_command_line(str(e))
   except Exception as e:  # noqa: BLE001 - config_flags raises whatever the config file raises
-    overrides = [a for a in argv[1:] if a.startswith("--config")]
-    message = f"cannot build the config from {' '.join(overrides)}: {type(e).__name__}: {e}"
-  print(f"error: {message.splitlines()[0] if message else 'bad command line'}", file=sys.stderr)
-  print("       (--helpfull lists the flags; keys are those of the config file)", file=sys.stderr)
-  sys.exit(2)
+    _bad_command_line(_config_message(argv, e))
 
 
 def run(fn: Callable[[], int | None]) -> int:

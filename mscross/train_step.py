@@ -217,7 +217,10 @@ def make_train_step(
       for name in ("gen", "disc"):
         params[name], opt_state[name] = apply(name, params[name], opt_state[name], grads[name])
       d_loss, finite_inputs = l_adv, grads
-      g_norm, d_norm = optax.global_norm(grads["gen"]), optax.global_norm(grads["disc"])
+      g_norm, d_norm = (
+        optax.tree_utils.tree_norm(grads["gen"]),
+        optax.tree_utils.tree_norm(grads["disc"]),
+      )
     else:
       g_grads, (l_emb, l_adv, parts) = jax.grad(generator_objective, has_aux=True)(
         params["gen"], params["disc"], batch, rng, lam
@@ -225,7 +228,7 @@ def make_train_step(
       g_grads = pmean(g_grads)
       params["gen"], opt_state["gen"] = apply("gen", params["gen"], opt_state["gen"], g_grads)
       d_loss, finite_inputs = jnp.zeros(()), g_grads
-      g_norm, d_norm = optax.global_norm(g_grads), jnp.zeros(())
+      g_norm, d_norm = optax.tree_utils.tree_norm(g_grads), jnp.zeros(())
       if adversarial:
         out = forward(params["gen"], batch)
         z = jax.lax.stop_gradient(all_gather_batch((out["img"], out["txt"]), axis_name))
@@ -236,7 +239,7 @@ def make_train_step(
             "disc", params["disc"], opt_state["disc"], d_grads
           )
         finite_inputs = (g_grads, d_grads)
-        d_norm = optax.global_norm(d_grads)
+        d_norm = optax.tree_utils.tree_norm(d_grads)
 
     ok = jnp.isfinite(l_emb) & jnp.isfinite(l_adv) & jnp.isfinite(d_loss)
     ok = ok & _all_finite(finite_inputs)

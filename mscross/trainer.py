@@ -24,6 +24,7 @@ import time
 
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
 from tqdm.auto import tqdm
 
 from mscross import checkpoints, evaluate, input_pipeline, models, parallel, train_step
@@ -133,6 +134,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     dynamic_ncols=True,
     disable=None if is_main else True,
   )
+  # TensorBoard event files beside history.jsonl (`tensorboard --logdir WORKDIR`).
+  board = SummaryWriter(os.path.join(workdir, "tensorboard")) if is_main else None
   stopping = False
   with _StopFlag() as stop, open(history_path, "a") as history:
     # A collective under several processes: all of them stop at the same step.
@@ -149,11 +152,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
       if nonfinite_run >= t.max_nonfinite:
         bar.close()
+        history.write(json.dumps({**record, "diverged": True}) + "\n")
+        # Nothing after the last good save is kept: the rerun starts from that checkpoint.
+        last_good = store.restore_latest(state)
         store.close()
+        if board is not None:
+          board.close()
+        where = (
+          f"the last good checkpoint (step {last_good[0]}) is kept in {workdir}/checkpoints/latest"
+          if last_good is not None
+          else "no checkpoint had been saved yet"
+        )
         raise TrainingDiverged(
-          f"{nonfinite_run} consecutive steps had non-finite losses or gradients "
-          f"at step {step}; the last good checkpoint is in {workdir}/checkpoints/latest. "
-          "Lower config.optim.lr or set config.optim.grad_clip."
+          f"training stopped at step {step}: {nonfinite_run} consecutive steps had non-finite "
+          f"losses or gradients ({skipped} skipped in all); {where}. "
+          "Lower config.optim.lr or set config.optim.grad_clip, then rerun."
         )
       if step % t.eval_every == 0 or step == t.steps:
         gen = parallel.local_copy(state.params["gen"])
@@ -172,8 +185,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
         save_latest(state)
       history.write(json.dumps(record) + "\n")
       history.flush()
+      if board is not None:
+        for key, value in record.items():
+          if key != "step" and np.isfinite(value):
+            board.add_scalar(key.replace("val_", "val/", 1), value, step)
+        board.flush()
     stopping = stopping or should_stop()
   bar.close()
+  if board is not None:
+    board.close()
 
   if stopping:
     save_latest(state)

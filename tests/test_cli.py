@@ -75,3 +75,19 @@ def test_eval_on_a_workdir_without_a_run_is_one_line_error(tmp_path):
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith("error:")
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+  "override", ["--config.no_such_key=3", "--config.train.steps=many", "--no_such_flag"]
+)
+def test_bad_flags_are_one_line_errors(override, tmp_path):
+  proc = run("train.py", "--workdir", str(tmp_path / "w"), override)
+  assert proc.returncode == 2
+  assert proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_unknown_method_is_a_one_line_error(tmp_path):
+  proc = run("train.py", "--workdir", str(tmp_path / "w"), "--config.method=gan9000")
+  assert proc.returncode == 2
+  assert "unknown method 'gan9000'" in proc.stderr and "Traceback" not in proc.stderr

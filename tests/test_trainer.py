@@ -5,11 +5,12 @@ import json
 import os
 import signal
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mscross import config as config_lib
-from mscross import evaluate, train_step, trainer
+from mscross import evaluate, methods, train_step, trainer
 from mscross.errors import CheckpointError, ConfigError
 
 
@@ -52,6 +53,45 @@ def test_metrics_json_layout(trained):
   evals = [r for r in history if "val_avg_map" in r]
   assert on_disk["best_step"] == max(evals, key=lambda r: r["val_avg_map"])["step"]
   assert os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def test_tensorboard_events_are_written(trained):
+  workdir, _ = trained
+  events = os.listdir(os.path.join(workdir, "tensorboard"))
+  assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_divergence_stops_at_the_last_good_checkpoint(tmp_path, monkeypatch):
+  real = methods.LOSS_TERMS["label"]
+
+  def label_then_nan(out, batch, *, params, rng, **options):
+    # Finite for the first 20 steps, then NaN forever: an adversarial blow-up.
+    value = real(out, batch, params=params, rng=rng, **options)
+    return jnp.where(params_step[0] >= 20, jnp.nan, value)
+
+  params_step = [None]
+  real_step = train_step.make_train_step
+
+  def tracking_step(*args, **kwargs):
+    step_fn = real_step(*args, **kwargs)
+
+    def wrapped(state, batch):
+      params_step[0] = state.step
+      return step_fn(state, batch)
+
+    return wrapped
+
+  monkeypatch.setitem(methods.LOSS_TERMS, "label", label_then_nan)
+  monkeypatch.setattr(train_step, "make_train_step", tracking_step)
+  config = tiny_config(steps=60)
+  config.train.max_nonfinite = 5
+  workdir = str(tmp_path)
+  with pytest.raises(trainer.TrainingDiverged, match=r"last good checkpoint \(step 20\)"):
+    trainer.train_and_evaluate(config, workdir)
+  with open(os.path.join(workdir, "history.jsonl")) as f:
+    last = [json.loads(line) for line in f][-1]
+  assert last["diverged"] and last["skipped"] == 10
+  assert not os.path.exists(os.path.join(workdir, "metrics.json"))
 
 
 def test_evaluate_workdir_reproduces_metrics_json(trained, tmp_path):
