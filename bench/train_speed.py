@@ -2,8 +2,8 @@
 
 Run as `python bench/train_speed.py [--quick]`. Writes `bench/results/train_speed.{md,json}`.
 
-1. The DSCMR-sized model of METHODS.md (image 128 -> 2048, text 10 -> 2048, shared 2048 -> 1024,
-   classifier 1024 -> 10, loss J1 + 1e-3 J2 + 1e-1 J3, Adam 1e-4 (0.5, 0.999), batch 100) on random
+1. The DSCMR-sized model of docs/methods.md (image 128 -> 2048, text 10 -> 2048,
+   shared 2048 -> 1024, classifier 1024 -> 10, loss J1 + 1e-3 J2 + 1e-1 J3, Adam 1e-4 (0.5, 0.999), batch 100) on random
    data of the Wikipedia shapes: compile times, steps/s of the jitted step in a Python loop, of the
    `make_train_chunk` device loop, and of an eager PyTorch implementation of the same model; the
    analytic FLOPs of one step and the roofline that the measured matmul rate implies.
@@ -278,7 +278,7 @@ def batch_index_loop(num_examples: int, batch_size: int) -> Runner:
 
 
 class TorchDSCMR(nn.Module):
-  """DSCMR as METHODS.md describes it: one ReLU layer per modality, a shared linear layer, and
+  """DSCMR as docs/methods.md describes it: one ReLU layer per modality, a shared linear layer, and
   a shared linear classifier."""
 
   def __init__(self, d_img: int, d_txt: int, hidden: int, common: int, num_classes: int):
@@ -295,7 +295,7 @@ class TorchDSCMR(nn.Module):
 
 
 def torch_dscmr_loss(f_img, f_txt, p_img, p_txt, labels, alpha: float, beta: float):
-  """J1 + alpha J2 + beta J3 of METHODS.md."""
+  """J1 + alpha J2 + beta J3 of docs/methods.md."""
   j1 = (p_img - labels).norm(dim=1).mean() + (p_txt - labels).norm(dim=1).mean()
   s = (labels @ labels.T > 0).to(f_img.dtype)
 
@@ -510,7 +510,7 @@ def dscmr_step_flops(batch: int, d_img: int, d_txt: int, hidden: int, common: in
 
 
 def check_dscmr_preset(config) -> list[str]:
-  """Where `presets.build("dscmr", ...)` departs from METHODS.md's DSCMR (empty: it does not)."""
+  """Where `presets.build("dscmr", ...)` departs from docs/methods.md's DSCMR (empty if nowhere)."""
   expected = {
     "model.img_layers": (2048,),
     "model.txt_layers": (2048,),
@@ -537,7 +537,7 @@ def check_dscmr_preset(config) -> list[str]:
     if isinstance(want, tuple):
       got = tuple(got)
     if got != want:
-      problems.append(f"{key} = {got!r}, METHODS.md: {want!r}")
+      problems.append(f"{key} = {got!r}, docs/methods.md: {want!r}")
   # Configs from before mixed precision have no model.dtype; the roofline assumes float32.
   dtype = config.model.get("dtype", "float32")
   if dtype != "float32":
@@ -559,7 +559,7 @@ def section_dscmr(args, problem: Problem, out: dict) -> tuple[list[str], Runner]
   config = presets.build("dscmr", "wikipedia")
   problems = check_dscmr_preset(config)
   if problems:
-    raise SystemExit("the dscmr preset is not METHODS.md's DSCMR: " + "; ".join(problems))
+    raise SystemExit("the dscmr preset is not docs/methods.md's DSCMR: " + "; ".join(problems))
   b = int(config.train.batch_size)
   m = config.model
   flops = dscmr_step_flops(
@@ -622,7 +622,7 @@ def section_dscmr(args, problem: Problem, out: dict) -> tuple[list[str], Runner]
     f"{m.txt_layers[0]} ReLU, shared {m.img_layers[0]} -> {m.shared_layers[0]}, classifier "
     f"{m.shared_layers[0]} -> {WIKI_CLASSES}; loss J1 + 1e-3 J2 + 1e-1 J3; Adam 1e-4 (0.5, 0.999); "
     f"{problem.image.shape[0]} random pairs",
-    '- `presets.build("dscmr", "wikipedia")` matches METHODS.md (layers, activation, batch, '
+    '- `presets.build("dscmr", "wikipedia")` matches docs/methods.md (layers, activation, batch, '
     "optimiser, loss weights, adversary off)",
     f"- parameters: mscross generator {out['dscmr']['params']['mscross_gen']:,}, PyTorch "
     f"{out['dscmr']['params']['torch']:,}",

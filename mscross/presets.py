@@ -2,7 +2,7 @@
 
 `build(method, dataset)` = `base_config()`, then the dataset preset (data source, input
 transform, training length, learning rate), then the method preset (network shape, loss terms
-with their weights and options, adversary). Layer sizes and weights that METHODS.md marks as
+with their weights and options, adversary). Layer sizes and weights that docs/methods.md marks as
 proposals are starting points tuned on the VALIDATION split only.
 """
 

@@ -1,7 +1,7 @@
 """The train state and the one jitted training step shared by every method.
 
-The adversarial game (METHODS.md): the discriminator D minimises the modality-classification loss
-L_adv on the common embeddings; the generator (encoders, common net, classifier) minimises its
+The adversarial game (docs/methods.md): the discriminator D minimises the modality-classification
+loss L_adv on the common embeddings; the generator (encoders, common net, classifier) minimises its
 embedding loss L_emb MINUS lam * L_adv. Two equivalent implementations, chosen by
 `config.adv.mode`:
 
