@@ -3,7 +3,8 @@
 Run as `python bench/train_speed.py [--quick]`. Writes `bench/results/train_speed.{md,json}`.
 
 1. The DSCMR-sized model of docs/methods.md (image 128 -> 2048, text 10 -> 2048,
-   shared 2048 -> 1024, classifier 1024 -> 10, loss J1 + 1e-3 J2 + 1e-1 J3, Adam 1e-4 (0.5, 0.999), batch 100) on random
+   shared 2048 -> 1024, classifier 1024 -> 10, loss J1 + 1e-3 J2 + 1e-1 J3, Adam 1e-4
+   (0.5, 0.999), batch 100) on random
    data of the Wikipedia shapes: compile times, steps/s of the jitted step in a Python loop, of the
    `make_train_chunk` device loop, and of an eager PyTorch implementation of the same model; the
    analytic FLOPs of one step and the roofline that the measured matmul rate implies.
