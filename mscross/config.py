@@ -92,7 +92,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (1, 5, 10, 50, 100)
   c.eval.map_ks = (50,)
   c.eval.select_metric = "avg_map"  # chosen on the validation split, never on test
-  c.eval.block_size = 1024
+  # Queries scored per block; 0 picks the largest block that fits the metrics' memory budget.
+  c.eval.block_size = 0
   return c
 
 

@@ -51,7 +51,7 @@ def split_metrics(config, embed_fn, gen_params, split: data.Split) -> dict[str, 
     split.label,
     ks=tuple(config.eval.ks),
     map_ks=tuple(config.eval.map_ks),
-    block_size=int(config.eval.block_size),
+    block_size=int(config.eval.block_size) or None,
   )
 
 
