@@ -523,7 +523,8 @@ def write_report(
   embed_fn = evaluate.make_embed_fn(config, net)
   summary = evaluate.split_metrics(config, embed_fn, gen_params, part)
   img, txt = evaluate.embed_split(embed_fn, gen_params, part)
-  block = int(config.eval.block_size)
+  # 0 = automatic; the curves are computed by XLA, so size the block for that path.
+  block = int(config.eval.block_size) or metrics.auto_block_size(len(part.label), host=False)
 
   queries_gallery = {"i2t": (img, txt), "t2i": (txt, img)}
   curves, per_class, examples = {}, {}, []
