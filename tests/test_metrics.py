@@ -9,7 +9,6 @@ exactly. Sizes stay within a few shape buckets, as each new bucket costs a compi
 """
 
 import json
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -387,16 +386,3 @@ def test_invalid_inputs_raise(kwargs, error):
   args.update(kwargs)
   with pytest.raises(error):
     ranking_metrics(**args)
-
-
-@pytest.mark.slow
-def test_timing_5000_by_5000():
-  # Reported, not asserted: the figure depends on the machine.
-  rng = np.random.default_rng(12)
-  q, g = rng.standard_normal((2, 5000, 256), dtype=np.float32)
-  ql, gl = one_hot(rng, 5000, 10), one_hot(rng, 5000, 10)
-  ranking_metrics(q[:1024], g, ql[:1024], gl)  # compiles the same block shape
-  start = time.perf_counter()
-  got = ranking_metrics(q, g, ql, gl)
-  print(f"\nranking_metrics 5000 x 5000, d=256, 10 classes: {time.perf_counter() - start:.2f} s")
-  assert got["num_queries"] == 5000.0
