@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 
-from mscross import evaluate, input_pipeline, models, presets, trainer
+from mscross import evaluate, input_pipeline, presets, trainer
 
 DATASETS = {"wikipedia": "wikipedia", "mfeat": "uci_mfeat/fou_pix", "digits": "digits_halves"}
 METHODS = ("acmr", "mnsgan", "ms2gan", "dscmr")
@@ -95,10 +95,10 @@ def run_one(
 
 def shared_only(workdir: str) -> dict:
   """Test mAP of the same (joint-selected) MS2GAN checkpoint ranked on shared features alone."""
-  config, _, _, gen_params = evaluate.restore_for_eval(workdir)
+  # The network does not depend on the retrieval kind; only the embedding function does.
+  config, net, _, gen_params = evaluate.restore_for_eval(workdir)
   config.model.retrieval = "common"
   test = input_pipeline.load_splits(config, splits=("train", "test"))["test"]
-  net, _ = models.build_models(config, test.label.shape[1])
   m = evaluate.split_metrics(config, evaluate.make_embed_fn(config, net), gen_params, test)
   return {f"shared_only_test_{k}": m[k] for k in ("i2t_map", "t2i_map", "avg_map")}
 
