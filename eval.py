@@ -1,19 +1,25 @@
 """Evaluates the best (validation-selected) checkpoint of a training workdir.
 
-    python eval.py --workdir runs/acmr_wiki [--split test] [--export runs/acmr_wiki/emb]
+    python eval.py --workdir runs/acmr_wiki [--split test] [--member 0] [--export DIR]
+    python eval.py --workdir runs/acmr_wiki --report --topk 10
 
-Prints the metrics as one JSON line. Kept short on purpose: the logic lives in `mscross.evaluate`.
+Prints the metrics as one JSON line. Kept short on purpose: the logic lives in `mscross.trained`.
 """
 
 import sys
 
 from absl import app, flags
 
-from mscross import cli, evaluate, report, retrieval
+from mscross import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by train.py.", required=True)
 _SPLIT = flags.DEFINE_enum("split", "test", ["train", "validation", "test"], "Split to score.")
-_EXPORT = flags.DEFINE_string("export", None, "Write the split's embeddings as .npy files here.")
+_MEMBER = flags.DEFINE_integer(
+  "member", None, "Population member to evaluate (default: every member).", lower_bound=0
+)
+_EXPORT = flags.DEFINE_string(
+  "export", None, "Write the split's embeddings (emb_<modality>.npy, ids, labels) here."
+)
 _REPORT = flags.DEFINE_bool(
   "report",
   False,
@@ -23,8 +29,11 @@ _REPORT = flags.DEFINE_bool(
 _TOPK = flags.DEFINE_integer(
   "topk",
   None,
-  "Also write the top-K neighbours of every query, both directions, to <workdir>/topk_<split>/.",
+  "Also write the top-K neighbours of every query, every direction, to <workdir>/topk_<split>/.",
   lower_bound=1,
+)
+_CACHE = flags.DEFINE_bool(
+  "compilation_cache", True, "Keep compiled programs on disk for the next run (JAX's cache)."
 )
 
 
@@ -32,14 +41,20 @@ def main(argv):
   del argv
 
   def go():
-    result = evaluate.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, export_dir=_EXPORT.value)
+    from mscross import evaluate, trained
+
+    cli.enable_compilation_cache(_CACHE.value)
+    result, notes = trained.evaluate_workdir(
+      _WORKDIR.value,
+      split=_SPLIT.value,
+      member=_MEMBER.value,
+      export_dir=_EXPORT.value,
+      report=_REPORT.value,
+      topk=_TOPK.value,
+    )
     print(evaluate.dump_json(result))
-    if _REPORT.value:
-      path = report.write_report(_WORKDIR.value, split=_SPLIT.value)
-      print(f"report: {path}", file=sys.stderr)
-    if _TOPK.value:
-      path = retrieval.write_topk(_WORKDIR.value, split=_SPLIT.value, k=_TOPK.value)
-      print(f"top-{_TOPK.value} neighbours: {path}", file=sys.stderr)
+    for note in notes:
+      print(note, file=sys.stderr)
 
   sys.exit(cli.run(go))
 

@@ -1,7 +1,8 @@
-"""Trains a cross-modal retrieval model.
+"""Trains a cross-modal retrieval model (or a population of them).
 
-    python train.py --config configs/acmr_wikipedia.py --workdir runs/acmr_wiki \
-        --config.optim.lr=1e-4
+    python train.py --config configs/default.py:method=acmr,dataset=wikipedia \
+        --workdir runs/acmr_wiki --config.optim.lr=1e-4
+    python train.py --config runs/sweep/best_config.json          # a saved config
 
 On several hosts (a multi-host TPU slice, or GPU hosts), run the same command on every host with
 `--multihost`; see docs/multihost.md.
@@ -13,15 +14,23 @@ import json
 import os
 import sys
 
-import jax
 from absl import app, flags
 
-from mscross import cli, trainer
+from mscross import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = cli.define_config_flag(os.path.join(_HERE, "configs", "default.py"))
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Where checkpoints and metrics go (default: runs/<method>_<dataset>)."
+)
+_ALLOW_CHANGE = flags.DEFINE_bool(
+  "allow_config_change",
+  False,
+  "Resume a workdir although the config differs from the one it was started with (the change is "
+  "recorded in history.jsonl).",
+)
+_CACHE = flags.DEFINE_bool(
+  "compilation_cache", True, "Keep compiled programs on disk for the next run (JAX's cache)."
 )
 _MULTIHOST = flags.DEFINE_bool(
   "multihost",
@@ -43,6 +52,10 @@ _PROCESS_ID = flags.DEFINE_integer(
 
 def main(argv):
   del argv
+  import jax
+
+  from mscross import trainer
+
   if _MULTIHOST.value:
     # Must come before any JAX computation: it decides which devices exist.
     jax.distributed.initialize(
@@ -50,24 +63,21 @@ def main(argv):
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
+  cli.enable_compilation_cache(_CACHE.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
     "runs", f"{config.method}_{config.data.name.replace('/', '_')}"
   )
 
   def go():
-    result = trainer.train_and_evaluate(config, workdir)
+    result = trainer.train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
     if jax.process_index() != 0:
       return
-    print(
-      json.dumps(
-        {
-          "workdir": workdir,
-          "best_step": result["best_step"],
-          **{f"test_{k}": v for k, v in result["test"].items() if k.endswith("map")},
-        }
-      )
-    )
+    line = {"workdir": workdir, "best_step": [m["best_step"] for m in result["members"]]}
+    if result["population"] == 1:
+      line["best_step"] = line["best_step"][0]
+    line.update({f"test_{k}": v for k, v in result.get("test", {}).items() if k.endswith("map")})
+    print(json.dumps(line))
 
   sys.exit(cli.run(go))
 

@@ -1,7 +1,7 @@
-"""Evaluation speed and memory: `metrics.ranking_metrics` against a plain NumPy loop, and
-`retrieval.Index.search`.
+"""Evaluation speed and memory: `metrics.ranking_metrics` against a plain NumPy loop,
+`metrics.instance_metrics` (unlabelled pairs) and `retrieval.Index.search`.
 
-    python bench/eval_speed.py [--sizes 5000 20000 100000] [--quick]
+    python bench/eval_speed.py [--sizes 5000 20000 100000] [--quick] [--out-dir DIR]
 
 For every size N: N random queries and N gallery items (d = 256, float32, 10 classes, one random
 label each). `ranking_metrics` computes mAP@all, mAP@R, mAP@50 and P@{1,5,10,50,100} in one call;
@@ -11,12 +11,15 @@ It runs over every query up to --loop-full, over --loop-queries queries above th
 extrapolated linearly and marked so), and not at all above --loop-max; once with one BLAS thread
 and once with OpenBLAS's default threads, which spin on a busy machine and made each query's
 small matrix-vector product several times slower here. Speed-ups are against the faster of the
-two. Every size runs in its own subprocess, whose peak RSS (getrusage ru_maxrss) is that size's
-alone. `Index.search` top-10 is timed on the largest size.
+two. `instance_metrics` (Recall@{1,5,10}, median and mean rank, MRR of N pairs, the i-th query's
+pair being the i-th gallery item) is timed at the same sizes, first call apart, with the pair ranks
+of a few queries checked against an argsort. Every measurement runs in its own subprocess, whose
+peak RSS (getrusage ru_maxrss) is that measurement's alone. `Index.search` top-10 is timed on the
+largest size.
 
 The machine is shared: each figure comes with the load average and the CPU time this process
 used, so that wall times taken under different load can be compared. Writes
-bench/results/eval_speed.{md,json}.
+eval_speed.{md,json} into --out-dir (default bench/results).
 """
 
 from __future__ import annotations
@@ -102,6 +105,37 @@ def child_metrics(n: int) -> dict:
     "map": result["map"],
     "map@R": result["map@R"],
     "p@10": result["p@10"],
+    "peak_rss_gb": peak_rss_gb(),
+  }
+
+
+def child_instance(n: int) -> dict:
+  from mscross import metrics
+
+  queries, gallery, _, _ = problem(n)
+  # Queries must pair with gallery rows one to one, so no smaller call compiles the full run's
+  # shapes: the first call is a whole run, compile included, and the second the compiled one.
+  with Clock() as first:
+    metrics.instance_metrics(queries, gallery, ks=(1, 5, 10))
+  with Clock() as full:
+    result = metrics.instance_metrics(queries, gallery, ks=(1, 5, 10))
+  # Spot check on the first pairs: the stable rank of every 16th pair from a direct argsort.
+  m = min(n, 2048)
+  ranks, _ = metrics.instance_ranks(queries[:m], gallery[:m])
+  rows = np.arange(0, m, 16)
+  q = queries[rows] / np.linalg.norm(queries[rows], axis=1, keepdims=True)
+  g = gallery[:m] / np.linalg.norm(gallery[:m], axis=1, keepdims=True)
+  order = np.argsort(-(q.astype(np.float64) @ g.T.astype(np.float64)), axis=1, kind="stable")
+  expected = np.argmax(order == rows[:, None], axis=1) + 1
+  return {
+    "first_call": first.record(),
+    "steady": full.record(),
+    "r@1": result["r@1"],
+    "r@10": result["r@10"],
+    "median_rank": result["median_rank"],
+    "mrr": result["mrr"],
+    "spot_check_rows": len(rows),
+    "spot_check_equal_fraction": float(np.mean(ranks[rows] == expected)),
     "peak_rss_gb": peak_rss_gb(),
   }
 
@@ -261,6 +295,27 @@ def summarise(report: dict) -> str:
       f"{_s(met['steady']['wall_s'])} | {_s(met['steady']['cpu_s'])} | {_load(met['steady'])} | "
       f"{loop_s} | {basis} | {speedup} | {met['peak_rss_gb']:.2f} | {maps} |"
     )
+  lines += [
+    "",
+    "`instance_metrics`, unlabelled pairs (query i's only relevant item is gallery item i): "
+    "Recall@{1,5,10}, median and mean rank, MRR in one call, block_size=None. Its first call is "
+    "a whole run, compile included; the stable ranks of every 16th of the first 2048 pairs are "
+    "checked against an argsort.",
+    "",
+    "| N | first call s (compile + full run) | full run s | full run CPU s | load | peak RSS GB | "
+    "r@1 / r@10 / median rank | ranks equal to argsort |",
+    "| ---: | ---: | ---: | ---: | --- | ---: | --- | ---: |",
+  ]
+  for row in report["sizes"]:
+    inst = row.get("instance")
+    if inst is None:
+      continue
+    lines.append(
+      f"| {row['n']} | {_s(inst['first_call']['wall_s'])} | {_s(inst['steady']['wall_s'])} | "
+      f"{_s(inst['steady']['cpu_s'])} | {_load(inst['steady'])} | {inst['peak_rss_gb']:.2f} | "
+      f"{inst['r@1']:.4f} / {inst['r@10']:.4f} / {inst['median_rank']:g} | "
+      f"{inst['spot_check_equal_fraction']:.0%} of {inst['spot_check_rows']} |"
+    )
   search = report.get("search")
   if search:
     lines += [
@@ -334,7 +389,12 @@ def main() -> None:
 
   if args.child:
     kind, *rest = args.child
-    fn = {"metrics": child_metrics, "loop": child_loop, "search": child_search}[kind]
+    fn = {
+      "metrics": child_metrics,
+      "instance": child_instance,
+      "loop": child_loop,
+      "search": child_search,
+    }[kind]
     print(json.dumps(fn(*(int(x) for x in rest))))
     return
 
@@ -349,7 +409,11 @@ def main() -> None:
   }
   for n in sizes:
     print(f"N = {n}", flush=True)
-    row = {"n": n, "metrics": run_child("metrics", str(n))}
+    row = {
+      "n": n,
+      "metrics": run_child("metrics", str(n)),
+      "instance": run_child("instance", str(n)),
+    }
     if n <= args.loop_max:
       num = n if n <= args.loop_full else min(n, args.loop_queries)
       loops = {

@@ -82,8 +82,15 @@ class CheckpointStore:
     if not steps:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    want = _shapes(target)
     errors = []
     for step in steps:
+      stored = _stored_shapes(mngr.directory, step)
+      if stored is not None and stored != want:
+        # Checked before reading: a restore of mismatched arrays fails deep in Orbax, noisily.
+        # An older save may still match (this one damaged): try it before giving up.
+        errors.append((step, CheckpointError(_mismatch(which, step, stored, want))))
+        continue
       try:
         restored = mngr.restore(
           step,
@@ -97,6 +104,9 @@ class CheckpointStore:
         continue
       _check_structure(restored.state, target, which, step)
       return step, restored.state, dict(restored.meta)
+    mismatches = [e for _, e in errors if isinstance(e, CheckpointError)]
+    if len(mismatches) == len(errors):
+      raise mismatches[0]  # every save is of another architecture: say so in our words
     step, err = errors[0]
     msg = str(err).splitlines()[0] if str(err) else type(err).__name__
     raise CheckpointError(
@@ -121,3 +131,50 @@ def _check_structure(restored: Any, target: Any, which: str, step: int) -> None:
       f"{which} checkpoint at step {step} does not match the model built from the config "
       "(different layer sizes or dataset?)"
     )
+
+
+def _path_name(path) -> str:
+  return ".".join(str(_key(k)) for k in path)
+
+
+def _key(k):
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return getattr(k, attr)
+  return k
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {_path_name(path): tuple(x.shape) for path, x in leaves}
+
+
+def _stored_shapes(directory, step: int) -> dict[str, tuple] | None:
+  """{leaf path: shape} of a saved state, from its metadata alone (None if unreadable: the
+  restore then tries, and falls back as for any damaged save)."""
+  try:
+    meta = ocp.StandardCheckpointer().metadata(
+      os.path.join(os.fspath(directory), str(step), "state")
+    )
+    tree = getattr(meta, "item_metadata", meta)
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {_path_name(path): tuple(x.shape) for path, x in leaves}
+  except Exception:  # noqa: BLE001 - any unreadable metadata means "let the restore decide"
+    return None
+
+
+def _mismatch(which: str, step: int, stored: dict, want: dict) -> str:
+  missing = sorted(set(want) - set(stored))
+  extra = sorted(set(stored) - set(want))
+  differ = sorted(k for k in set(want) & set(stored) if want[k] != stored[k])
+  if differ:
+    k = differ[0]
+    detail = f"{k} has shape {stored[k]} in the checkpoint, {want[k]} in the model"
+  elif missing:
+    detail = f"the checkpoint lacks {missing[0]}"
+  else:
+    detail = f"the checkpoint has {extra[0]}, which the model lacks"
+  return (
+    f"{which} checkpoint at step {step} does not match the model built from the config "
+    f"({detail}): was it written with other layer sizes, population size or dataset?"
+  )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -16,14 +17,59 @@ from mscross.errors import MscrossError
 VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug logging.")
 
 
+class _JsonOrPythonConfigParser(flags.ArgumentParser):
+  """config_flags' parser of config files, wrapped so that it also reads a resolved config
+  saved as JSON (a workdir's config.json, tune.py's best_config.json)."""
+
+  def __init__(self, python_parser):
+    self._python = python_parser
+
+  def parse(self, path):
+    if isinstance(path, str) and path.split(":", 1)[0].endswith(".json"):
+      from mscross import config as config_lib
+
+      config = config_lib.load_config_file(path)
+      config.lock()
+      return config
+    return self._python.parse(path)
+
+  def flag_type(self):
+    return self._python.flag_type()
+
+
 def define_config_flag(default: str):
-  """`config_flags.DEFINE_config_file("config", default, lock_config=True)`, where a bad
-  `--config.*` override (which config_flags reads from sys.argv right here) is one line on stderr
-  and exit status 2 instead of a traceback."""
+  """`config_flags.DEFINE_config_file("config", default, lock_config=True)` that also takes a
+  `.json` config, and where a bad `--config.*` override (which config_flags reads from sys.argv
+  right here) is one line on stderr and exit status 2 instead of a traceback."""
   try:
-    return config_flags.DEFINE_config_file("config", default, "Config file.", lock_config=True)
+    holder = config_flags.DEFINE_config_file(
+      "config", default, "Config file (.py with get_config, or a saved .json).", lock_config=True
+    )
+    flag = flags.FLAGS["config"]
+    flag.parser = _JsonOrPythonConfigParser(flag.parser)
+    return holder
   except Exception as e:  # noqa: BLE001 - config_flags raises whatever the config file raises
     _bad_command_line(_config_message(sys.argv, e))
+
+
+def enable_compilation_cache(enabled: bool) -> None:
+  """JAX's persistent compilation cache under the mscross cache directory: a second run of the
+  same program shape (another seed, another learning rate) skips compiling it again."""
+  if not enabled:
+    return
+  import jax
+
+  from mscross.data import base
+
+  path = os.environ.get("MSCROSS_JAX_CACHE_DIR")
+  if not path:
+    configured = os.environ.get(base.CACHE_ENV)
+    root = configured or os.path.join(os.path.expanduser("~"), ".cache", "mscross")
+    path = os.path.join(root, "jax")
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Every program counts: the small ones are what a run recompiles most.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _config_message(argv, e: Exception) -> str:

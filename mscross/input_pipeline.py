@@ -1,23 +1,28 @@
 """From dataset splits to training batches.
 
-The benchmark datasets fit in device memory many times over, so the whole training split is put
-on the device once and every batch is gathered INSIDE the jitted step from indices that depend
-only on (seed, step): epoch e uses the permutation `permutation(fold_in(key, e), N)`, and step s
-takes rows `[(s mod S) * B, (s mod S) * B + B)` of it (S = steps per epoch, last partial batch
-dropped). A resumed run therefore sees exactly the batches an uninterrupted run would, and there
-is no host-to-device copy on the training path.
+Input transform: per modality, a signed power map, then per-feature standardisation with
+statistics of the TRAINING split (never of test). The fitted transform is saved in the workdir
+(`input_transform.npz`), so a trained model encodes new vectors exactly as it saw its training
+data, without the training data.
+
+Batches: the benchmark datasets fit in device memory many times over, so the whole training
+split is put on the device once and every batch is gathered INSIDE the jitted loop from indices
+that depend only on (the member's data key, step): epoch e uses the permutation
+`permutation(fold_in(key, e), N)`, and step s takes rows `[(s mod S) * B, (s mod S) * B + B)`
+of it (S = steps per epoch, the last partial batch dropped). A resumed run therefore sees
+exactly the batches an uninterrupted run would. The training loop draws each epoch's
+permutation once, at the epoch's first step, rather than at every step.
 
 Under data parallelism (`mscross.parallel`) the global batch indices are the same, and device i
 of N takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order does not depend on the
-device count. Either every device holds the whole split and gathers its rows in the step
-(`device_rows`), or the host gathers them (`host_batch_indices`) and each process puts only its
-own devices' rows on them (multi-host).
+device count.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -25,73 +30,157 @@ import numpy as np
 from jax import lax
 
 from mscross import data
-from mscross.errors import ConfigError, DataError
+from mscross.errors import DataError
+from mscross.models import DataSpec
+
+TRANSFORM_FILE = "input_transform.npz"
 
 
 def signed_power(x: np.ndarray, power: float) -> np.ndarray:
   """sign(x) |x|^power: power 0.5 on bag-of-words histograms is the Hellinger map, which damps
   bursty words/visual words (Perronnin et al., ECCV 2010)."""
-  return x if power == 1.0 else np.sign(x) * np.abs(x) ** power
+  if power == 1.0:
+    return x
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    return (np.sign(x) * np.abs(x) ** power).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
-  """Signed power map, then per-feature standardisation with statistics of the training split
-  (never of test)."""
+  """Per modality: signed power map, then (x - mean) / std with training-split statistics."""
 
-  img_mean: np.ndarray
-  img_std: np.ndarray
-  txt_mean: np.ndarray
-  txt_std: np.ndarray
-  img_power: float = 1.0
-  txt_power: float = 1.0
+  power: dict[str, float]
+  mean: dict[str, np.ndarray]
+  std: dict[str, np.ndarray]
+  # The config key each modality's power came from ("data.power" or "data.powers.<modality>"),
+  # for the message when the power map makes data non-finite.
+  power_key: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @classmethod
-  def fit(cls, split: data.Split, enabled: bool, img_power=1.0, txt_power=1.0) -> Normalizer:
-    def stats(x):
-      if not enabled:
-        return np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
-      std = x.std(axis=0)
-      # Constant features (common in BoVW histograms) would divide by zero.
-      return x.mean(axis=0), np.where(std > 1e-8, std, 1.0).astype(np.float32)
+  def fit(cls, split: data.Split, *, standardize: bool, power: float, powers) -> Normalizer:
+    keys = {m: f"data.powers.{m}" if m in powers else "data.power" for m in split.modalities}
+    powers = {m: float(powers.get(m, power)) for m in split.modalities}
+    mean, std = {}, {}
+    for m, x in split.features.items():
+      _finite(x, m, None, "train")
+      x = _finite(signed_power(x, powers[m]), m, f"{keys[m]}={powers[m]:g}", "train")
+      if standardize:
+        s = x.std(axis=0)
+        # Constant features (common in BoVW histograms) would divide by zero.
+        mean[m], std[m] = x.mean(axis=0), np.where(s > 1e-8, s, 1.0)
+      else:
+        mean[m], std[m] = np.zeros(x.shape[1]), np.ones(x.shape[1])
+      mean[m], std[m] = mean[m].astype(np.float32), std[m].astype(np.float32)
+    return cls(powers, mean, std, keys)
 
-    im, isd = stats(signed_power(split.image, img_power))
-    tm, tsd = stats(signed_power(split.text, txt_power))
-    return cls(im, isd, tm, tsd, img_power, txt_power)
+  def transform(self, modality: str, x: np.ndarray, where: str = "input") -> np.ndarray:
+    """[N, d] raw features of `modality` -> the network's input; DataError when non-finite."""
+    if modality not in self.mean:
+      raise DataError(f"unknown modality {modality!r}; the model has {', '.join(self.mean)}")
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2 or x.shape[1] != self.mean[modality].shape[0]:
+      raise DataError(
+        f"{modality} features must be [N, {self.mean[modality].shape[0]}], got {x.shape}"
+      )
+    p = self.power[modality]
+    _finite(x, modality, None, where)
+    key = self.power_key.get(modality, "data.power")
+    x = _finite(signed_power(x, p), modality, f"{key}={p:g}", where)
+    out = (x - self.mean[modality]) / self.std[modality]
+    return _finite(out.astype(np.float32), modality, "standardisation", where)
 
-  def __call__(self, split: data.Split) -> data.Split:
-    img = signed_power(split.image, self.img_power)
-    txt = signed_power(split.text, self.txt_power)
-    return dataclasses.replace(
-      split,
-      image=((img - self.img_mean) / self.img_std).astype(np.float32),
-      text=((txt - self.txt_mean) / self.txt_std).astype(np.float32),
+  def __call__(self, split: data.Split, where: str = "split") -> data.Split:
+    features = {m: self.transform(m, x, where) for m, x in split.features.items()}
+    return dataclasses.replace(split, features=features)
+
+  def save(self, path: str) -> None:
+    arrays = {}
+    for m in self.mean:
+      arrays[f"mean/{m}"], arrays[f"std/{m}"] = self.mean[m], self.std[m]
+      arrays[f"power/{m}"] = np.float64(self.power[m])
+      arrays[f"power_key/{m}"] = np.str_(self.power_key.get(m, "data.power"))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> Normalizer:
+    with np.load(path) as f:
+      names = [k.split("/", 1)[1] for k in f.files if k.startswith("mean/")]
+      return cls(
+        {m: float(f[f"power/{m}"]) for m in names},
+        {m: f[f"mean/{m}"] for m in names},
+        {m: f[f"std/{m}"] for m in names},
+        # Absent from transforms saved before the key was recorded.
+        {m: str(f[f"power_key/{m}"]) for m in names if f"power_key/{m}" in f.files},
+      )
+
+
+def _finite(x: np.ndarray, modality: str, step: str | None, where: str) -> np.ndarray:
+  """`x` if every value is finite; else a DataError naming the transform `step` that made it
+  non-finite (None: `x` is the untransformed input, which is then what the message names)."""
+  bad = ~np.isfinite(x)
+  if bad.any():
+    rows, cols = np.nonzero(bad)
+    if step is None:
+      raise DataError(
+        f"{int(bad.sum())} value(s) of modality {modality!r} in the {where} data are non-finite "
+        f"before any transform (first: row {rows[0]}, feature {cols[0]}); fix the input"
+      )
+    if step.startswith("data.power"):
+      key = step.split("=", 1)[0]
+      hint = f"a negative power of a zero feature is the usual cause: choose another {key}"
+    else:
+      hint = "the features overflow float32: rescale them"
+    raise DataError(
+      f"the input transform {step} made {int(bad.sum())} value(s) of modality {modality!r} "
+      f"non-finite in the {where} data (first: row {rows[0]}, feature {cols[0]}); {hint}"
     )
+  return x
 
 
-def load_splits(config, splits=("train", "validation", "test")) -> dict[str, data.Split]:
-  """Loads the named splits of `config.data.name`, standardised with training statistics."""
+def load_raw(config, splits=("train", "validation", "test")) -> dict[str, data.Split]:
+  """The named raw splits of `config.data.name`, labels dropped when `data.labels` is off."""
   data_dir = data.resolve_data_dir(config.data.data_dir or None)
-  raw = {"train": data.load_split(config.data.name, "train", data_dir)}
+  out = {}
   for name in splits:
-    if name not in raw:
-      raw[name] = data.load_split(config.data.name, name, data_dir)
+    split = data.load_split(config.data.name, name, data_dir)
+    if not config.data.labels and split.label is not None:
+      split = dataclasses.replace(split, label=None, class_names=())
+    out[name] = split
+  return out
+
+
+def fit_normalizer(config, train: data.Split) -> Normalizer:
   d = config.data
-  norm = Normalizer.fit(raw["train"], d.standardize, d.img_power, d.txt_power)
-  return {name: norm(raw[name]) for name in splits}
+  return Normalizer.fit(train, standardize=d.standardize, power=d.power, powers=d.powers)
 
 
-def device_arrays(split: data.Split) -> dict[str, jax.Array]:
-  return {
-    "image": jnp.asarray(split.image),
-    "text": jnp.asarray(split.text),
-    "label": jnp.asarray(split.label),
-  }
+def data_spec(split: data.Split) -> DataSpec:
+  return DataSpec(
+    modalities=split.modalities,
+    dims=tuple(int(x.shape[1]) for x in split.features.values()),
+    num_classes=0 if split.label is None else int(split.label.shape[1]),
+    class_names=tuple(split.class_names),
+  )
+
+
+def device_arrays(split: data.Split) -> dict:
+  """{"inputs": {modality: [N, d]}, "label": [N, C] (labelled data only)} as device arrays."""
+  arrays = {"inputs": {m: jnp.asarray(x) for m, x in split.features.items()}}
+  if split.label is not None:
+    arrays["label"] = jnp.asarray(split.label)
+  return arrays
+
+
+def host_arrays(split: data.Split) -> dict:
+  arrays = {"inputs": dict(split.features)}
+  if split.label is not None:
+    arrays["label"] = split.label
+  return arrays
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  if batch_size < 2:
-    raise ConfigError(f"train.batch_size must be at least 2, got {batch_size}")
   if num_examples < batch_size:
     raise DataError(
       f"the training split has {num_examples} pairs, fewer than train.batch_size={batch_size}"
@@ -99,36 +188,45 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
+def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
+  return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+
+
+def batch_from_permutation(perm: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
+  """Row indices of the batch of `step` within its epoch's permutation `perm`."""
+  pos = step % (perm.shape[0] // batch_size)
+  return lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+
+
 def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int):
-  """Row indices of the batch for `step` (traceable; see the module docstring)."""
-  per_epoch = num_examples // batch_size
-  epoch, pos = step // per_epoch, step % per_epoch
-  perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-  return jax.lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
+  """Row indices of the batch of `step` (traceable; the reference the loop must agree with)."""
+  epoch = step // (num_examples // batch_size)
+  return batch_from_permutation(epoch_permutation(key, epoch, num_examples), step, batch_size)
 
 
-def gather_batch(arrays: dict[str, jax.Array], idx: jax.Array) -> dict[str, jax.Array]:
-  return {k: jnp.take(v, idx, axis=0) for k, v in arrays.items()}
+def gather_batch(arrays: dict, idx: jax.Array) -> dict:
+  return jax.tree.map(lambda v: jnp.take(v, idx, axis=0), arrays)
 
 
 def device_rows(idx: jax.Array, axis_name: str) -> jax.Array:
-  """This device's rows `[i * b, (i + 1) * b)` of the global batch indices `idx`, b = B / N
-  (inside `shard_map` over `axis_name`, whose size N divides B)."""
-  local = idx.shape[0] // lax.axis_size(axis_name)
-  return lax.dynamic_slice_in_dim(idx, lax.axis_index(axis_name) * local, local)
+  """This device's rows `[i * b, (i + 1) * b)` of the global batch indices `idx` (last axis),
+  b = B / N (inside `shard_map` over `axis_name`, whose size N divides B)."""
+  local = idx.shape[-1] // lax.axis_size(axis_name)
+  return lax.dynamic_slice_in_dim(idx, lax.axis_index(axis_name) * local, local, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _steps_indices(key, first_step, num_steps, num_examples, batch_size):
+def _steps_indices(keys, first_step, num_steps, num_examples, batch_size):
   steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-  return jax.vmap(lambda s: batch_indices(key, s, num_examples, batch_size))(steps)
+  per_step = lambda s: jax.vmap(lambda k: batch_indices(k, s, num_examples, batch_size))(keys)
+  return jax.vmap(per_step)(steps)
 
 
 def host_batch_indices(
-  key: jax.Array, first_step: int, num_steps: int, num_examples: int, batch_size: int
+  keys: jax.Array, first_step: int, num_steps: int, num_examples: int, batch_size: int
 ) -> np.ndarray:
-  """[num_steps, B] batch indices of steps first_step, first_step + 1, ... on the host: the same
-  rows `batch_indices` gives inside the step (threefry is deterministic on every platform, so
-  every process computes the same ones)."""
-  idx = _steps_indices(key, jnp.int32(first_step), num_steps, num_examples, batch_size)
+  """[num_steps, P, B] batch indices of P members' data keys [P, 2] for steps first_step, ...,
+  on the host: the rows `batch_indices` gives inside the loop (threefry is deterministic on
+  every platform, so every process computes the same ones)."""
+  idx = _steps_indices(keys, jnp.int32(first_step), num_steps, num_examples, batch_size)
   return np.asarray(jax.device_get(idx))

@@ -1,16 +1,26 @@
-"""Loss terms of ACMR, MNS-GAN, MS2GAN and DSCMR as pure, typed JAX functions.
+"""Loss terms of ACMR, MNS-GAN, MS2GAN and DSCMR for K >= 2 modalities, as pure JAX functions.
 
-Every function is pure, jit-able and vmap-able (options are static Python values: pass them with
-`functools.partial` or `static_argnames` under `jax.jit`). All-pairs work is done on [N, N]
-similarity/distance matrices with boolean masks, never with Python loops over anchors.
+Layout: the features of K paired modalities arrive as ONE stacked array `z` [K, B, D]. Row i of
+every modality k describes the same item i, and the labels [B, C] are shared by the K rows of an
+item. Cross-modal terms run over the ordered modality pairs (k, l), k != l, or over the unordered
+pairs, as each docstring says. With K = 2 and `z = stack([img, txt])` every loss is its
+two-modality definition (for MS2GAN with `normalize=False`; its default normalises the features).
+
+Every function is pure, jit-able and vmap-able. Structural options (which negatives, how many,
+which mining) are static Python values: pass them with `functools.partial` or `static_argnames`
+under `jax.jit`. Numeric options (margins, temperatures, weights) may be traced scalars: nothing
+branches on their value, except where a literal Python 0 skips a term, as documented. All-pairs
+work is done on one (K*B) x (K*B) similarity/distance matrix, viewed as [K*B, K, B] blocks
+(anchor, target modality, item of that modality), with boolean masks; there are no Python loops
+over anchors or items.
 
 Conventions shared by all functions:
 
 - Labels are multi-hot float arrays [B, C]. Two items are *relevant* (positives) when they share
   at least one label and *negatives* when they share none (`labels_a @ labels_b.T == 0`).
 - In the negative-mining losses (ACMR, MNS-GAN, MS2GAN) an item is never its own negative, nor a
-  negative of its paired item of the other modality. This only matters for unlabelled (all-zero)
-  rows, which are disjoint from everything, themselves included.
+  negative of its paired items in the other modalities. This only matters for unlabelled
+  (all-zero) rows, which are disjoint from everything, themselves included.
 - Norms are safe: a zero vector has norm 0 with a zero gradient. Normalisation floors the norm at
   a small epsilon (as `torch.nn.functional.normalize` does), so a zero row has unit direction 0,
   cosine 0 to everything and a finite gradient. Degenerate rows never produce NaNs.
@@ -26,6 +36,7 @@ import numbers
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mscross.errors import ConfigError
 
@@ -109,35 +120,36 @@ def dann_lambda(progress: chex.Numeric) -> chex.Array:
   return jnp.tanh(5.0 * p)
 
 
-def modality_adversarial_loss(logits_img: chex.Array, logits_txt: chex.Array) -> chex.Array:
-  """Modality-classification loss of the discriminator (image = 1, text = 0).
+def modality_adversarial_loss(logits: chex.Array) -> chex.Array:
+  """Modality-classification loss of the discriminator over K modalities.
 
-  Sigmoid binary cross-entropy, averaged over all 2B items. The discriminator minimises it; the
-  encoders maximise it (alternating steps, or one step through `gradient_reversal`).
+  Softmax cross-entropy of K-way logits against the modality each item came from, averaged over
+  all K*B items. The discriminator minimises it; the encoders maximise it (alternating steps, or
+  one step through `gradient_reversal`). For K = 2 it is the sigmoid binary cross-entropy of the
+  logit difference `logits[..., 0] - logits[..., 1]` (image = 1, text = 0): the same game as a
+  one-output discriminator.
 
   Args:
-    logits_img: discriminator logits for image embeddings, shape [B] or [B, 1].
-    logits_txt: discriminator logits for text embeddings, shape [B'] or [B', 1].
+    logits: discriminator logits [K, B, K]; `logits[k, i]` scores item i of modality k, whose
+      target is class k. B may differ from the training batch size, not between modalities.
 
   Returns:
-    Scalar mean BCE over the B + B' items.
+    Scalar mean cross-entropy over the K*B items.
+
+  Raises:
+    AssertionError: `logits` is not of rank 3, K < 2, or its last axis is not K.
 
   References:
     Wang et al., "Adversarial Cross-Modal Retrieval", ACM MM 2017 (L_adv).
   """
-  logits_img = _as_logit_vector(logits_img)
-  logits_txt = _as_logit_vector(logits_txt)
-  # BCE(x, 1) = softplus(-x) and BCE(x, 0) = softplus(x), both stable for any x.
-  total = jnp.sum(jax.nn.softplus(-logits_img)) + jnp.sum(jax.nn.softplus(logits_txt))
-  return total / (logits_img.shape[0] + logits_txt.shape[0])
-
-
-def _as_logit_vector(logits: chex.Array) -> chex.Array:
-  chex.assert_rank(logits, {1, 2})
-  if logits.ndim == 2:
-    chex.assert_axis_dimension(logits, 1, 1)
-    logits = logits[:, 0]
-  return logits
+  logits = jnp.asarray(logits)
+  chex.assert_rank(logits, 3)
+  chex.assert_axis_dimension_gteq(logits, 0, 2)
+  chex.assert_axis_dimension(logits, 2, logits.shape[0])
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  # [B, K]: entry (i, k) is log p(modality k | item i of modality k).
+  target = jnp.diagonal(log_probs, axis1=0, axis2=2)
+  return -jnp.mean(target)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,10 +284,20 @@ def _share_label(labels_a: chex.Array, labels_b: chex.Array) -> chex.Array:
   return (labels_a @ labels_b.T) > 0
 
 
-def _check_batch(features: list[chex.Array], labels: chex.Array) -> None:
-  chex.assert_rank(features + [labels], 2)
-  chex.assert_equal_shape(features)
-  chex.assert_equal_shape_prefix(features + [labels], 1)
+def _check_stack(stacks: list[chex.Array], labels: chex.Array) -> None:
+  """[K, B, D] arrays with K >= 2, one modality count and batch, labels [B, C]."""
+  chex.assert_rank(stacks, 3)
+  chex.assert_rank(labels, 2)
+  chex.assert_equal_shape_prefix(stacks, 2)
+  chex.assert_axis_dimension_gteq(stacks[0], 0, 2)
+  chex.assert_axis_dimension(stacks[0], 1, labels.shape[0])
+
+
+def _ordered_pairs(num_modalities: int) -> tuple[np.ndarray, np.ndarray]:
+  """Anchor and target modality of every ordered pair (k, l), k != l, in lexicographic order."""
+  pairs = [(a, b) for a in range(num_modalities) for b in range(num_modalities) if a != b]
+  anchor, target = np.array(pairs, dtype=np.int32).T
+  return anchor, target
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,78 +308,75 @@ _ACMR_NEGATIVES = ("random", "hardest")
 
 
 def acmr_triplet_loss(
-  img: chex.Array,
-  txt: chex.Array,
+  z: chex.Array,
   labels: chex.Array,
   *,
-  margin: float,
+  margin: chex.Numeric,
   rng: chex.PRNGKey | None = None,
   negative: str = "random",
 ) -> chex.Array:
-  """ACMR inter-modal invariance triplet loss L_imi.
+  """ACMR inter-modal invariance triplet loss L_imi, over every ordered pair of modalities.
 
-  For every anchor of each modality (2B anchors), the positive is its paired item of the other
-  modality and the negative one item of the other modality whose labels are disjoint from the
-  anchor's. Loss per anchor: `relu(d(a, p) - d(a, n) + margin)` with non-squared l2 distances.
+  A cell is an anchor (k, i) together with another modality l != k: K*(K-1)*B cells. Its positive
+  is the paired item (l, i) and its negative one item of modality l whose labels are disjoint
+  from the anchor's (never i itself). Loss per cell: `relu(d(a, p) - d(a, n) + margin)` with
+  non-squared l2 distances. K = 2 gives the paper's two directions, image->text and text->image.
 
-  Negatives are chosen on the [B, B] distance matrix, then the two distances are recomputed from
+  Negatives are chosen on the [B, B] distance blocks, then the two distances are recomputed from
   the feature differences: they stay exact (no Gram-expansion cancellation) for the small distances
   training drives towards.
 
   Args:
-    img: image embeddings [B, D].
-    txt: text embeddings [B, D]; row i is paired with `img[i]`.
-    labels: multi-hot labels [B, C] of the pairs.
-    margin: triplet margin mu.
-    rng: PRNG key; required for `negative="random"`. The two directions use independent draws.
-    negative: "random" picks one valid negative uniformly (Gumbel-max over the masked matrix);
+    z: stacked embeddings [K, B, D] of K >= 2 modalities; row i of each is the same item.
+    labels: multi-hot labels [B, C] of the items.
+    margin: triplet margin mu (may be traced).
+    rng: PRNG key; required for `negative="random"`. Each cell draws independently: one Gumbel
+      array [K*(K-1), B, B] over the ordered pairs (k, l) in lexicographic order, so for K = 2
+      index 0 serves the image->text anchors and 1 the text->image ones.
+    negative: "random" picks one valid negative uniformly (Gumbel-max over the masked block);
       "hardest" picks the closest valid negative.
 
   Returns:
-    Scalar mean over the anchors that have at least one negative (0 when none has).
+    Scalar mean over the cells that have at least one negative (0 when none has).
 
   References:
     Wang et al., "Adversarial Cross-Modal Retrieval", ACM MM 2017.
   """
-  _check_batch([img, txt], labels)
-  img, txt = jnp.asarray(img), jnp.asarray(txt)
+  z = jnp.asarray(z)
+  _check_stack([z], labels)
   if negative not in _ACMR_NEGATIVES:
     raise ConfigError(f"negative must be one of {_ACMR_NEGATIVES}, got {negative!r}")
   if negative == "random" and rng is None:
     raise ValueError("acmr_triplet_loss with negative='random' needs an rng key")
 
-  batch = img.shape[0]
-  # Symmetric, so it serves both directions: [i, j] = anchor i vs other-modality item j.
+  num_modalities, batch = z.shape[:2]
+  anchor_mod, target_mod = _ordered_pairs(num_modalities)
+  # Symmetric and the same for every pair: [i, j] = anchor item i vs item j of the other modality.
   neg_mask = ~_share_label(labels, labels) & ~jnp.eye(batch, dtype=bool)
 
   if negative == "random":
-    neg_img_to_txt, neg_txt_to_img = _random_negative_indices(rng, neg_mask)
+    picks = _random_negative_indices(rng, neg_mask, len(anchor_mod))
   else:
-    dist = jax.lax.stop_gradient(pairwise_sq_euclidean(img, txt))
-    neg_img_to_txt = jnp.argmin(jnp.where(neg_mask, dist, jnp.inf), axis=1)
-    neg_txt_to_img = jnp.argmin(jnp.where(neg_mask.T, dist.T, jnp.inf), axis=1)
+    flat = z.reshape(num_modalities * batch, -1)
+    dist = jax.lax.stop_gradient(pairwise_sq_euclidean(flat, flat))
+    dist = dist.reshape(num_modalities, batch, num_modalities, batch)[anchor_mod, :, target_mod]
+    picks = jnp.argmin(jnp.where(neg_mask, dist, jnp.inf), axis=-1)
 
-  d_pos = _safe_norm(img - txt)
-  d_neg_img = _safe_norm(img - txt[neg_img_to_txt])
-  d_neg_txt = _safe_norm(txt - img[neg_txt_to_img])
-  per_anchor = jax.nn.relu(
-    jnp.concatenate([d_pos - d_neg_img + margin, d_pos - d_neg_txt + margin])
-  )
+  anchors, others = z[anchor_mod], z[target_mod]
+  negatives = jnp.take_along_axis(others, picks[..., None], axis=1)
+  d_pos = _safe_norm(anchors - others)
+  d_neg = _safe_norm(anchors - negatives)
+  per_cell = jax.nn.relu(d_pos - d_neg + margin)
 
-  has_neg = jnp.any(neg_mask, axis=1)
-  valid = jnp.concatenate([has_neg, has_neg])
-  return _masked_mean(per_anchor, valid)
+  valid = jnp.broadcast_to(jnp.any(neg_mask, axis=1), per_cell.shape)
+  return _masked_mean(per_cell, valid)
 
 
-def _random_negative_indices(
-  rng: chex.PRNGKey, neg_mask: chex.Array
-) -> tuple[chex.Array, chex.Array]:
-  """Uniform valid negative per anchor and direction via Gumbel-max; row i has no valid one -> 0."""
+def _random_negative_indices(rng: chex.PRNGKey, neg_mask: chex.Array, num_cells: int) -> chex.Array:
+  """[num_cells, B] uniform valid negatives via Gumbel-max; a row with no valid one gives 0."""
   batch = neg_mask.shape[0]
-  gumbel = jax.random.gumbel(rng, (2, batch, batch))
-  masks = jnp.stack([neg_mask, neg_mask.T])
-  picks = jnp.argmax(jnp.where(masks, gumbel, -jnp.inf), axis=-1)
-  return picks[0], picks[1]
+  gumbel = jax.random.gumbel(rng, (num_cells, batch, batch))
+  return jnp.argmax(jnp.where(neg_mask, gumbel, -jnp.inf), axis=-1)
 
 
 def _masked_mean(values: chex.Array, mask: chex.Array) -> chex.Array:
@@ -396,20 +415,20 @@ _MNS_NEGATIVES = ("all", "hardest", "per_class")
 
 
 def multi_negative_loss(
-  img: chex.Array,
-  txt: chex.Array,
+  z: chex.Array,
   labels: chex.Array,
   *,
-  tau: float = 0.1,
+  tau: chex.Numeric = 0.1,
   negatives: str = "all",
   k: int = 5,
-  intra_weight: float = 0.5,
-  margin: float = 0.0,
+  intra_weight: chex.Numeric = 0.5,
+  margin: chex.Numeric = 0.0,
 ) -> chex.Array:
   """MNS-GAN multi-negative loss: inter-modal term + `intra_weight` x intra-modal term.
 
-  One 2B x 2B cosine matrix of `z = concat(img, txt)` and one label-overlap mask serve both terms.
-  For an anchor a with positive p and selected negatives N(a) the per-(a, p) loss is
+  One (K*B) x (K*B) cosine matrix of the flattened `z`, viewed as [K*B, K, B] blocks (anchor,
+  target modality, item), and one label-overlap mask serve both terms. For an anchor a with
+  positive p and selected negatives N(a) the per-(a, p) loss is
 
     log(1 + sum_{n in N(a)} exp((s_an + margin - s_ap) / tau))
       = softplus(logsumexp_n((s_an + margin - s_ap) / tau)),
@@ -417,17 +436,22 @@ def multi_negative_loss(
   the same value as `logaddexp(s_ap/tau, logsumexp_n((s_an + margin)/tau)) - s_ap/tau`. The masked
   logsumexp is max-shifted and gives exactly 0 (finite value, zero gradient) when N(a) is empty.
 
-  Inter-modal term: all 2B anchors; p = the paired item of the other modality; negatives = items
-  of the other modality with disjoint labels. Mean over the 2B anchors (anchors without a negative
-  contribute 0).
+  Inter-modal term: one cell per anchor (k, i) and other modality l != k; p = the paired item
+  (l, i); negatives = items of modality l with labels disjoint from the anchor's (never the
+  partner). Mean over all K*(K-1)*B cells (cells without a negative contribute 0); K = 2 gives the
+  mean over the 2B anchors of the two-modality loss.
 
-  Intra-modal term: the same anchors against items of their own modality; positives = same-modality
+  Intra-modal term: every anchor against the items of its own modality; positives = same-modality
   items sharing a label (not the anchor itself), negatives = same-modality items with disjoint
   labels. Each anchor averages the loss over ALL its positives (every positive is pulled, like the
   per-pair sum of the N-pair loss, rather than only the hardest or the mean positive); anchors
-  without a positive or a negative contribute 0; mean over the 2B anchors.
+  without a positive or a negative contribute 0; mean over the K*B anchors.
 
-  Negative selection, per anchor and per term:
+  Unlabelled data: pass identity labels `eye(B)` (each pair its own class). There is then no
+  intra-modal positive, and with margin 0 and all negatives the loss is the symmetric InfoNCE of
+  contrastive learning, averaged over the K*(K-1) ordered modality pairs.
+
+  Negative selection, per (anchor, target modality) cell:
     "all": every valid negative.
     "hardest": the `k` most similar valid negatives (all of them if fewer than k).
     "per_class": for each class c, the most similar valid negative whose labels contain c; the union
@@ -435,68 +459,79 @@ def multi_negative_loss(
       this is one negative per other class present in the batch: the multi-class N-pair loss.
 
   Args:
-    img: image embeddings [B, D].
-    txt: text embeddings [B, D]; row i is paired with `img[i]`.
-    labels: multi-hot labels [B, C] of the pairs.
-    tau: temperature (> 0).
+    z: stacked embeddings [K, B, D] of K >= 2 modalities; row i of each is the same item.
+    labels: multi-hot labels [B, C] of the items.
+    tau: temperature (> 0; may be traced).
     negatives: "all" | "hardest" | "per_class".
     k: number of hardest negatives for "hardest" (>= 1).
-    intra_weight: weight gamma of the intra-modal term; a literal 0 skips computing it.
-    margin: added to every negative similarity.
+    intra_weight: weight gamma of the intra-modal term (may be traced); a literal Python 0
+      skips computing it.
+    margin: added to every negative similarity (may be traced).
 
   Returns:
     Scalar `inter + intra_weight * intra`.
 
   References:
     Ma, Wang, Hou, "MNS-GAN" (multiple negative samples for cross-modal retrieval), ICECE 2021;
-    Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective", NeurIPS 2016.
+    Sohn, "Improved Deep Metric Learning with Multi-class N-pair Loss Objective", NeurIPS 2016;
+    van den Oord et al., "Representation Learning with Contrastive Predictive Coding", 2018
+    (InfoNCE).
   """
-  _check_batch([img, txt], labels)
+  z = jnp.asarray(z)
+  _check_stack([z], labels)
   if negatives not in _MNS_NEGATIVES:
     raise ConfigError(f"negatives must be one of {_MNS_NEGATIVES}, got {negatives!r}")
   if negatives == "hardest" and not (isinstance(k, numbers.Integral) and k >= 1):
     raise ConfigError(f"k must be a positive integer, got {k!r}")
 
-  batch = img.shape[0]
-  n = 2 * batch
-  z = jnp.concatenate([img, txt], axis=0)
-  z_labels = jnp.concatenate([labels, labels], axis=0)
-  sim = pairwise_cosine(z, z)
-  disjoint = ~_share_label(z_labels, z_labels)
+  num_modalities, batch = z.shape[:2]
+  n = num_modalities * batch
+  flat = z.reshape(n, -1)
+  sim = pairwise_cosine(flat, flat).reshape(n, num_modalities, batch)
+  share = _share_label(labels, labels)
+  not_item = ~jnp.eye(batch, dtype=bool)
 
-  index = jnp.arange(n)
-  partner = (index + batch) % n
-  modality = index >= batch
-  same_modality = modality[:, None] == modality[None, :]
-  itself = index[:, None] == index[None, :]
-  is_partner = partner[:, None] == index[None, :]
+  anchor = jnp.arange(n)
+  anchor_item = anchor % batch
+  anchor_mod = anchor // batch
+  own_modality = anchor_mod[:, None] == jnp.arange(num_modalities)
 
-  # Inter-modal: one positive per anchor, so the loss is one softplus per row.
-  inter_neg = _select_negatives(
-    sim, disjoint & ~same_modality & ~is_partner, z_labels, negatives=negatives, k=k
-  )
-  s_ap = sim[index, partner]
-  lse, has_neg = _masked_logsumexp((sim + margin - s_ap[:, None]) / tau, inter_neg)
-  inter = jnp.mean(jnp.where(has_neg, jax.nn.softplus(lse), 0.0))
+  # Column i of a block is the partner (other modality) or the anchor itself (own modality): in
+  # both cases excluded, so one candidate mask serves every cell of both terms.
+  candidates = jnp.tile(~share & not_item, (num_modalities, 1))
+  candidates = jnp.broadcast_to(candidates[:, None, :], sim.shape)
+  selected = _select_negatives(
+    sim.reshape(n * num_modalities, batch),
+    candidates.reshape(n * num_modalities, batch),
+    labels,
+    negatives=negatives,
+    k=k,
+  ).reshape(sim.shape)
+
+  # Inter-modal: one positive per cell, so the loss is one softplus per cell.
+  s_ap = sim[anchor, :, anchor_item]
+  inter_neg = selected & ~own_modality[..., None]
+  lse, has_neg = _masked_logsumexp((sim + margin - s_ap[..., None]) / tau, inter_neg)
+  inter_cells = num_modalities * (num_modalities - 1) * batch
+  inter = jnp.sum(jnp.where(has_neg, jax.nn.softplus(lse), 0.0)) / inter_cells
 
   if isinstance(intra_weight, (int, float)) and intra_weight == 0:
     return inter
 
   # Intra-modal: the negative part does not depend on the positive, so one logsumexp per anchor
   # serves all its positives: loss(a, p) = softplus(lse_n((s_an + margin)/tau) - s_ap/tau).
-  intra_neg = _select_negatives(
-    sim, disjoint & same_modality & ~itself, z_labels, negatives=negatives, k=k
-  )
-  intra_pos = ~disjoint & same_modality & ~itself
-  neg_lse, has_neg = _masked_logsumexp((sim + margin) / tau, intra_neg)
-  pair_loss = jax.nn.softplus(neg_lse[:, None] - sim / tau)
+  own_sim = sim[anchor, anchor_mod]
+  intra_neg = selected[anchor, anchor_mod]
+  intra_pos = jnp.tile(share & not_item, (num_modalities, 1))
+  neg_lse, has_neg = _masked_logsumexp((own_sim + margin) / tau, intra_neg)
+  pair_loss = jax.nn.softplus(neg_lse[:, None] - own_sim / tau)
   per_anchor = _masked_mean_rows(pair_loss, intra_pos)
   intra = jnp.mean(jnp.where(has_neg, per_anchor, 0.0))
   return inter + intra_weight * intra
 
 
 def _masked_logsumexp(x: chex.Array, mask: chex.Array) -> tuple[chex.Array, chex.Array]:
-  """Row-wise logsumexp over `mask`; rows with no entry give 0 (finite) and has_any = False."""
+  """Logsumexp over the last axis within `mask`; rows with no entry give 0 and has_any = False."""
   has_any = jnp.any(mask, axis=-1)
   row_max = jnp.max(jnp.where(mask, x, -jnp.inf), axis=-1, keepdims=True)
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
@@ -504,7 +539,7 @@ def _masked_logsumexp(x: chex.Array, mask: chex.Array) -> tuple[chex.Array, chex
   # and turn the zero cotangent of the where into NaN.
   shifted = jnp.where(mask, x - row_max, 0.0)
   total = jnp.sum(jnp.where(mask, jnp.exp(shifted), 0.0), axis=-1)
-  lse = jnp.log(jnp.where(has_any, total, 1.0)) + row_max[:, 0]
+  lse = jnp.log(jnp.where(has_any, total, 1.0)) + row_max[..., 0]
   return jnp.where(has_any, lse, 0.0), has_any
 
 
@@ -517,7 +552,10 @@ def _masked_mean_rows(x: chex.Array, mask: chex.Array) -> chex.Array:
 def _select_negatives(
   sim: chex.Array, valid: chex.Array, labels: chex.Array, *, negatives: str, k: int
 ) -> chex.Array:
-  """Boolean [N, N] mask of the negatives each anchor (row) keeps, by similarity `sim`."""
+  """Boolean [R, M] mask of the negatives each row keeps among M items, by similarity `sim`.
+
+  A row is one anchor's cell (its candidates in one modality); `labels` [M, C] label the columns.
+  """
   if negatives == "all":
     return valid
   n = sim.shape[1]
@@ -545,35 +583,41 @@ _MS2GAN_MINING = ("all", "hardest")
 
 
 def ms2gan_similarity_loss(
-  spec_img: chex.Array,
-  shared_img: chex.Array,
-  spec_txt: chex.Array,
-  shared_txt: chex.Array,
+  spec: chex.Array,
+  shared: chex.Array,
   labels: chex.Array,
   *,
-  margin: float = 1.0,
+  margin: chex.Numeric = 0.5,
   mining: str = "all",
+  normalize: bool = True,
 ) -> chex.Array:
   """MS2GAN inter- and intra-modal similarity loss L_sim (triplet on specific + shared features).
 
-  Distance: `d(u, v) = ||f_u - f_v||^2 + ||s_u - s_v||^2` (f = modality-specific, s = shared).
-  Anchors are all 2B items. A triplet (a, p, n) has p and n of the SAME modality (the pair type:
-  image-text when that modality differs from the anchor's, image-image or text-text otherwise),
-  p sharing a label with a (p != a) and n sharing none (n != a). Loss `relu(d_ap - d_an + margin)`.
+  Distance: `d(u, v) = ||n(f_u) - n(f_v)||^2 + ||n(s_u) - n(s_v)||^2` (f = modality-specific,
+  s = shared features, n = l2 normalisation of each row), which lies in [0, 8]. Anchors are all
+  K*B items. A triplet (a, p, n) has p and n of the SAME modality, any of the K (the pair type:
+  cross-modal when that modality differs from the anchor's, intra-modal otherwise), p sharing a
+  label with a (p != a) and n sharing none (n != a). Loss `relu(d_ap - d_an + margin)`.
+
+  Normalisation is the default: unnormalised squared distances over wide tanh features (up to 4
+  per unit, so up to 1024 over 2 x 128 units) dwarf a margin of 1, and training on them collapsed
+  after a few hundred steps. On the bounded [0, 8] range a margin means the same at any feature
+  width; the default 0.5 is 1/16 of the range. `normalize=False` keeps the unnormalised distance
+  `||f_u - f_v||^2 + ||s_u - s_v||^2` of the paper (for which m1 = 1 was the starting point).
 
   mining="all" (batch-all, the default): every valid triplet, averaged over all valid triplets of
-  all pair types and anchors; O(B^3) memory. mining="hardest" (batch-hard): per anchor and pair type
-  the farthest positive and the closest negative, averaged over the (anchor, pair type) cells that
-  have both; O(B^2) memory.
+  all pair types and anchors; O(K^2 B^3) memory. mining="hardest" (batch-hard): per anchor and
+  pair type the farthest positive and the closest negative, averaged over the (anchor, pair type)
+  cells that have both; O(K^2 B^2) memory.
 
   Args:
-    spec_img: image modality-specific features f [B, Df].
-    shared_img: image shared features s [B, Ds].
-    spec_txt: text modality-specific features [B, Df].
-    shared_txt: text shared features [B, Ds].
-    labels: multi-hot labels [B, C] of the pairs.
-    margin: triplet margin m1.
+    spec: modality-specific features f [K, B, Df] of K >= 2 modalities; row i of each is the
+      same item.
+    shared: shared features s [K, B, Ds] of the same items.
+    labels: multi-hot labels [B, C] of the items.
+    margin: triplet margin m1 (may be traced).
     mining: "all" | "hardest".
+    normalize: l2-normalise the f and s rows before the distance (True) or not (False).
 
   Returns:
     Scalar loss; 0 when no valid triplet exists.
@@ -582,24 +626,26 @@ def ms2gan_similarity_loss(
     Wu, Jing et al., "Modality-specific and shared generative adversarial network for cross-modal
     retrieval", Pattern Recognition 2020.
   """
-  _check_batch([spec_img, spec_txt], labels)
-  _check_batch([shared_img, shared_txt], labels)
+  spec, shared = jnp.asarray(spec), jnp.asarray(shared)
+  _check_stack([spec, shared], labels)
   if mining not in _MS2GAN_MINING:
     raise ConfigError(f"mining must be one of {_MS2GAN_MINING}, got {mining!r}")
 
-  batch = spec_img.shape[0]
-  f = jnp.concatenate([spec_img, spec_txt], axis=0)
-  s = jnp.concatenate([shared_img, shared_txt], axis=0)
-  z_labels = jnp.concatenate([labels, labels], axis=0)
+  num_modalities, batch = spec.shape[:2]
+  n = num_modalities * batch
+  f = spec.reshape(n, -1)
+  s = shared.reshape(n, -1)
+  if normalize:
+    f, s = _l2_normalise(f), _l2_normalise(s)
   dist = pairwise_sq_euclidean(f, f) + pairwise_sq_euclidean(s, s)
-  share = _share_label(z_labels, z_labels)
-  not_self = ~jnp.eye(2 * batch, dtype=bool)
+  share = jnp.tile(_share_label(labels, labels), (num_modalities, num_modalities))
+  not_self = ~jnp.eye(n, dtype=bool)
   pos = share & not_self
   neg = ~share & not_self
 
   # Split the item axis by modality: [anchor, target modality, item of that modality].
   def by_target(x):
-    return x.reshape(2 * batch, 2, batch)
+    return x.reshape(n, num_modalities, batch)
 
   dist, pos, neg = by_target(dist), by_target(pos), by_target(neg)
 
@@ -679,69 +725,72 @@ def orthogonality_difference_loss(
 # ----------------------------------------------------------------------------------------------
 
 
-def dscmr_label_loss(pred_img: chex.Array, pred_txt: chex.Array, labels: chex.Array) -> chex.Array:
-  """DSCMR label-space loss J1: `mean_i ||p_img_i - y_i||_2 + mean_i ||p_txt_i - y_i||_2`.
+def dscmr_label_loss(preds: chex.Array, labels: chex.Array) -> chex.Array:
+  """DSCMR label-space loss J1: `sum_k mean_i ||p_ki - y_i||_2` over the K modalities.
 
   The labels are used as given (one-hot or multi-hot, not normalised); the norm is not squared.
 
   Args:
-    pred_img: label-space predictions of the images [B, C] (linear classifier outputs).
-    pred_txt: label-space predictions of the texts [B, C].
-    labels: multi-hot labels [B, C].
+    preds: label-space predictions [K, B, C] of K >= 2 modalities (linear classifier outputs).
+    labels: multi-hot labels [B, C] of the items.
 
   Returns:
-    Scalar sum of the two per-modality means.
+    Scalar sum of the K per-modality means.
 
   References:
     Zhen et al., "Deep Supervised Cross-modal Retrieval", CVPR 2019.
   """
-  chex.assert_rank([pred_img, pred_txt, labels], 2)
-  chex.assert_equal_shape([pred_img, pred_txt, labels])
-  labels = labels.astype(pred_img.dtype)
-  return jnp.mean(_safe_norm(pred_img - labels)) + jnp.mean(_safe_norm(pred_txt - labels))
+  preds = jnp.asarray(preds)
+  _check_stack([preds], labels)
+  chex.assert_equal_shape_suffix([preds, labels], 2)
+  labels = labels.astype(preds.dtype)
+  return jnp.sum(jnp.mean(_safe_norm(preds - labels), axis=-1))
 
 
-def dscmr_pairwise_loss(f_img: chex.Array, f_txt: chex.Array, labels: chex.Array) -> chex.Array:
-  """DSCMR common-space discrimination loss J2.
+def dscmr_pairwise_loss(z: chex.Array, labels: chex.Array) -> chex.Array:
+  """DSCMR common-space discrimination loss J2, over the unordered pairs of modalities.
 
-  `sum over (img, img), (img, txt), (txt, txt) of mean_{i,j} [log(1 + exp(t_ij)) - S_ij t_ij]`
-  with `t_ij = cos(u_i, v_j) / 2` and `S_ij = 1` when i and j share a label. The means run over
-  all B^2 entries, diagonal included, as in the reference implementation.
+  `sum over k <= l of mean_{i,j} [log(1 + exp(t_ij)) - S_ij t_ij]` with
+  `t_ij = cos(z_ki, z_lj) / 2` and `S_ij = 1` when i and j share a label. Same-modality pairs
+  (k = l) are included: K = 2 gives (img, img), (img, txt), (txt, txt). The means run over all B^2
+  entries, diagonal included, as in the reference implementation.
 
   Args:
-    f_img: image common-space features [B, D].
-    f_txt: text common-space features [B, D].
-    labels: multi-hot labels [B, C].
+    z: common-space features [K, B, D] of K >= 2 modalities; row i of each is the same item.
+    labels: multi-hot labels [B, C] of the items.
 
   Returns:
-    Scalar loss.
+    Scalar sum over the K (K + 1) / 2 pairs.
 
   References:
     Zhen et al., "Deep Supervised Cross-modal Retrieval", CVPR 2019.
   """
-  _check_batch([f_img, f_txt], labels)
-  sim = _share_label(labels, labels).astype(f_img.dtype)
+  z = jnp.asarray(z)
+  _check_stack([z], labels)
+  num_modalities, batch = z.shape[:2]
+  flat = z.reshape(num_modalities * batch, -1)
+  t = pairwise_cosine(flat, flat).reshape(num_modalities, batch, num_modalities, batch) / 2.0
+  relevant = _share_label(labels, labels).astype(t.dtype)[:, None, :]
+  block_means = jnp.mean(jax.nn.softplus(t) - relevant * t, axis=(1, 3))
+  rows, cols = np.triu_indices(num_modalities)
+  return jnp.sum(block_means[rows, cols])
 
-  def term(u, v):
-    t = pairwise_cosine(u, v) / 2.0
-    return jnp.mean(jax.nn.softplus(t) - sim * t)
 
-  return term(f_img, f_img) + term(f_img, f_txt) + term(f_txt, f_txt)
-
-
-def dscmr_invariance_loss(f_img: chex.Array, f_txt: chex.Array) -> chex.Array:
-  """DSCMR modality-invariance loss J3: `mean_i ||f_img_i - f_txt_i||_2` over the pairs.
+def dscmr_invariance_loss(z: chex.Array) -> chex.Array:
+  """DSCMR modality-invariance loss J3: `sum over k < l of mean_i ||z_ki - z_li||_2`.
 
   Args:
-    f_img: image common-space features [B, D].
-    f_txt: text common-space features [B, D], row i paired with `f_img[i]`.
+    z: common-space features [K, B, D] of K >= 2 modalities; row i of each is the same item.
 
   Returns:
-    Scalar loss; identical pairs give 0 with a zero (finite) gradient.
+    Scalar sum over the K (K - 1) / 2 modality pairs; identical pairs give 0 with a zero (finite)
+    gradient.
 
   References:
     Zhen et al., "Deep Supervised Cross-modal Retrieval", CVPR 2019.
   """
-  chex.assert_rank([f_img, f_txt], 2)
-  chex.assert_equal_shape([f_img, f_txt])
-  return jnp.mean(_safe_norm(f_img - f_txt))
+  z = jnp.asarray(z)
+  chex.assert_rank(z, 3)
+  chex.assert_axis_dimension_gteq(z, 0, 2)
+  rows, cols = np.triu_indices(z.shape[0], k=1)
+  return jnp.sum(jnp.mean(_safe_norm(z[rows] - z[cols]), axis=-1))

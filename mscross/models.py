@@ -1,16 +1,18 @@
-"""Flax Linen modules: per-modality encoders, a common sub-network, a label classifier, and the
+"""Flax Linen modules: one encoder per modality, a common sub-network, a label classifier, and the
 modality discriminator.
 
 Every method in mscross uses the same two modules:
 
-* `CrossModalNet` (the "generator"): image and text encoders (modality-specific MLPs), an optional
-  common MLP whose ONE set of weights is applied to both modalities (MS2GAN's shared sub-network,
-  DSCMR's shared projection), and one label classifier shared by both modalities.
-* `ModalityDiscriminator`: a small MLP that scores whether an embedding came from the image (logit
-  > 0) or the text modality.
+* `CrossModalNet` (the "generator"): K modality-specific MLP encoders, an optional common MLP
+  whose ONE set of weights is applied to every modality (MS2GAN's shared sub-network, DSCMR's
+  shared projection), and one label classifier shared by the modalities (absent for unlabelled
+  data).
+* `ModalityDiscriminator`: a small MLP that classifies which of the K modalities an embedding
+  came from (softmax over K logits).
 
 Params are plain pytrees (`init`/`apply`); the trainer keeps the two modules' params in disjoint
 subtrees `{"gen": ..., "disc": ...}` so the adversarial game updates each with its own optimiser.
+The generator's params hold one `encoder_<modality>` subtree per modality.
 
 Mixed precision (`config.model.dtype = "bfloat16"`): every Dense layer computes in bfloat16 while
 its parameters stay float32 (so the optimiser state and updates stay float32), and both modules
@@ -19,7 +21,8 @@ return float32, so the losses and the discriminator's loss are always computed i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import chex
@@ -35,21 +38,35 @@ ACTIVATIONS = {
   "none": lambda x: x,
 }
 
-
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def get_activation(name: str):
-  if name not in ACTIVATIONS:
-    raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
-  return ACTIVATIONS[name]
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+  """What a model needs to know of its data: the modalities in order with their input widths,
+  and the number of classes (0: unlabelled, instance-level retrieval)."""
 
+  modalities: tuple[str, ...]
+  dims: tuple[int, ...]
+  num_classes: int
+  class_names: tuple[str, ...] = ()
 
-def compute_dtype(name: str):
-  """The jnp dtype the Dense layers compute in, from `config.model.dtype`."""
-  if name not in COMPUTE_DTYPES:
-    raise ValueError(f"unknown compute dtype {name!r}; choose one of {sorted(COMPUTE_DTYPES)}")
-  return COMPUTE_DTYPES[name]
+  def to_json(self) -> dict:
+    return {
+      "modalities": list(self.modalities),
+      "dims": list(self.dims),
+      "num_classes": self.num_classes,
+      "class_names": list(self.class_names),
+    }
+
+  @classmethod
+  def from_json(cls, raw: dict) -> DataSpec:
+    return cls(
+      tuple(raw["modalities"]),
+      tuple(int(d) for d in raw["dims"]),
+      int(raw["num_classes"]),
+      tuple(raw.get("class_names", ())),
+    )
 
 
 def _dense(features: int, dtype: Any, name: str | None = None) -> nn.Dense:
@@ -68,7 +85,7 @@ class MLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    act = get_activation(self.activation)
+    act = ACTIVATIONS[self.activation]
     for i, width in enumerate(self.features):
       x = _dense(width, self.dtype, name=f"dense_{i}")(x)
       if i < len(self.features) - 1 or self.activate_final:
@@ -77,12 +94,13 @@ class MLP(nn.Module):
 
 
 class CrossModalNet(nn.Module):
-  """Two modality-specific encoders, an optional common sub-network and a shared classifier.
+  """K modality-specific encoders, an optional common sub-network and a shared classifier.
 
   Attributes:
-    num_classes: C, the width of the label classifier.
-    img_layers, txt_layers: widths of the modality-specific encoders.
-    shared_layers: widths of the common sub-network applied to both modalities with the same
+    modalities: the K modality names, in the dataset's order.
+    encoder_layers: per modality (same order), the widths of its encoder; all end at one width.
+    num_classes: C, the width of the label classifier; 0: no classifier (unlabelled data).
+    shared_layers: widths of the common sub-network applied to every modality with the same
       weights; empty means the encoders' outputs are the common embeddings.
     activation: activation of every hidden layer.
     activate_final: whether the encoders' last layer is activated.
@@ -91,16 +109,17 @@ class CrossModalNet(nn.Module):
       concatenation [specific; common] (MS2GAN).
     dtype: the dtype the Dense layers compute in (params are float32 regardless).
 
-  Returns (from `__call__`) a dict of arrays, B = batch size:
-    spec_img [B, d_s], spec_txt [B, d_s]: encoder outputs (modality-specific features);
-    img [B, d], txt [B, d]: common embeddings (the discriminator's input);
-    logits_img [B, C], logits_txt [B, C]: label classifier outputs.
-    All float32, whatever `dtype` is.
+  `__call__(inputs)` takes {modality: [B, d_m]} (every modality, or a subset: then only those are
+  encoded) and returns a dict of float32 arrays (whatever `dtype` is), stacked over the given
+  modalities in `modalities` order:
+    spec [K, B, d_s]: encoder outputs (modality-specific features);
+    emb [K, B, d]: common embeddings (the discriminator's input);
+    logits [K, B, C]: label classifier outputs (only when num_classes > 0).
   """
 
+  modalities: tuple[str, ...]
+  encoder_layers: tuple[tuple[int, ...], ...]
   num_classes: int
-  img_layers: Sequence[int]
-  txt_layers: Sequence[int]
   shared_layers: Sequence[int] = ()
   activation: str = "tanh"
   activate_final: bool = True
@@ -108,70 +127,66 @@ class CrossModalNet(nn.Module):
   classifier_input: str = "common"
   dtype: Any = jnp.float32
 
-  def setup(self):
-    if self.classifier_input not in ("common", "concat"):
-      raise ValueError(
-        f"classifier_input must be 'common' or 'concat', got {self.classifier_input!r}"
-      )
-    self.img_encoder = MLP(self.img_layers, self.activation, self.activate_final, self.dtype)
-    self.txt_encoder = MLP(self.txt_layers, self.activation, self.activate_final, self.dtype)
-    self.common = (
-      MLP(self.shared_layers, self.activation, self.shared_activate_final, self.dtype)
-      if self.shared_layers
-      else None
+  @nn.compact
+  def __call__(self, inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    unknown = set(inputs) - set(self.modalities)
+    if unknown or not inputs:
+      raise ValueError(f"expected inputs of {self.modalities}, got {sorted(inputs)}")
+    # A subset of the modalities encodes just those (the outputs stack them in model order).
+    pairs = zip(self.modalities, self.encoder_layers, strict=True)
+    present = [(m, layers) for m, layers in pairs if m in inputs]
+    xs = [inputs[m] for m, _ in present]
+    chex.assert_rank(xs, 2)
+    chex.assert_equal_shape_prefix(xs, 1)
+    spec = jnp.stack(
+      [
+        MLP(layers, self.activation, self.activate_final, self.dtype, name=f"encoder_{m}")(x)
+        for (m, layers), x in zip(present, xs, strict=True)
+      ]
     )
-    self.classifier = _dense(self.num_classes, self.dtype)
-
-  def __call__(self, x_img: jax.Array, x_txt: jax.Array) -> dict[str, jax.Array]:
-    chex.assert_rank([x_img, x_txt], 2)
-    chex.assert_equal_shape_prefix([x_img, x_txt], 1)
-    spec_img, spec_txt = self.img_encoder(x_img), self.txt_encoder(x_txt)
-    chex.assert_equal_shape([spec_img, spec_txt])
-    if self.common is None:
-      img, txt = spec_img, spec_txt
-    else:
-      img, txt = self.common(spec_img), self.common(spec_txt)
-    if self.classifier_input == "concat":
-      cls_img = jnp.concatenate([spec_img, img], axis=-1)
-      cls_txt = jnp.concatenate([spec_txt, txt], axis=-1)
-    else:
-      cls_img, cls_txt = img, txt
-    out = {
-      "spec_img": spec_img,
-      "spec_txt": spec_txt,
-      "img": img,
-      "txt": txt,
-      "logits_img": self.classifier(cls_img),
-      "logits_txt": self.classifier(cls_txt),
-    }
+    emb = spec
+    if self.shared_layers:
+      common = MLP(
+        tuple(self.shared_layers),
+        self.activation,
+        self.shared_activate_final,
+        self.dtype,
+        name="common",
+      )
+      emb = common(spec)
+    out = {"spec": spec, "emb": emb}
+    if self.num_classes:
+      cls_in = jnp.concatenate([spec, emb], axis=-1) if self.classifier_input == "concat" else emb
+      out["logits"] = _dense(self.num_classes, self.dtype, name="classifier")(cls_in)
     # Losses (norms, logsumexp over the batch) lose too much in bfloat16.
     return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 
 class ModalityDiscriminator(nn.Module):
-  """MLP d -> hidden... -> 1: the logit that an embedding came from the image modality."""
+  """MLP d -> hidden... -> K: the logits of which modality an embedding came from."""
 
+  num_modalities: int
   layers: Sequence[int] = (64, 32)
   activation: str = "leaky_relu"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    """float32 logits [B] whatever `dtype` is, so the modality loss is computed in float32."""
-    chex.assert_rank(z, 2)
-    h = MLP(self.layers, self.activation, True, self.dtype)(z) if self.layers else z
-    return _dense(1, self.dtype, name="out")(h)[:, 0].astype(jnp.float32)
+    """float32 logits [..., K] of embeddings z [..., d], whatever `dtype` is."""
+    h = MLP(tuple(self.layers), self.activation, True, self.dtype)(z) if self.layers else z
+    return _dense(self.num_modalities, self.dtype, name="out")(h).astype(jnp.float32)
 
 
-def build_models(config, num_classes: int) -> tuple[CrossModalNet, ModalityDiscriminator]:
+def build_models(config, spec: DataSpec) -> tuple[CrossModalNet, ModalityDiscriminator]:
   """The generator and discriminator described by `config.model` and `config.disc`."""
+  from mscross import config as config_lib
+
   m = config.model
-  # Configs saved before mixed precision existed have no model.dtype.
-  dtype = compute_dtype(m.get("dtype", "float32"))
+  dtype = COMPUTE_DTYPES[m.dtype]
   net = CrossModalNet(
-    num_classes=num_classes,
-    img_layers=tuple(m.img_layers),
-    txt_layers=tuple(m.txt_layers),
+    modalities=spec.modalities,
+    encoder_layers=tuple(config_lib.encoder_layers(config, name) for name in spec.modalities),
+    num_classes=spec.num_classes,
     shared_layers=tuple(m.shared_layers),
     activation=m.activation,
     activate_final=m.activate_final,
@@ -180,30 +195,29 @@ def build_models(config, num_classes: int) -> tuple[CrossModalNet, ModalityDiscr
     dtype=dtype,
   )
   disc = ModalityDiscriminator(
-    layers=tuple(config.disc.layers), activation=config.disc.activation, dtype=dtype
+    num_modalities=len(spec.modalities),
+    layers=tuple(config.disc.layers),
+    activation=config.disc.activation,
+    dtype=dtype,
   )
   return net, disc
 
 
-def retrieval_embeddings(out: dict[str, jax.Array], *, kind: str, mu: float = 1.0):
-  """The embeddings that are ranked at retrieval time.
+def _unit(v: jax.Array) -> jax.Array:
+  return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+
+def retrieval_embeddings(out: dict[str, jax.Array], *, kind: str, mu=1.0) -> jax.Array:
+  """The embeddings that are ranked at retrieval time, [K, B, e].
 
   Args:
     out: `CrossModalNet` outputs.
     kind: "common" ranks the common embeddings; "joint" ranks
       [normalize(specific); mu * normalize(common)] (MS2GAN's joint retrieval).
-    mu: weight of the common part in "joint".
-
-  Returns:
-    (img_emb [B, e], txt_emb [B, e]).
+    mu: weight of the common part in "joint" (may be traced).
   """
   if kind == "common":
-    return out["img"], out["txt"]
+    return out["emb"]
   if kind == "joint":
-
-    def joint(spec, common):
-      n = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-      return jnp.concatenate([n(spec), mu * n(common)], axis=-1)
-
-    return joint(out["spec_img"], out["img"]), joint(out["spec_txt"], out["txt"])
+    return jnp.concatenate([_unit(out["spec"]), mu * _unit(out["emb"])], axis=-1)
   raise ValueError(f"retrieval must be 'common' or 'joint', got {kind!r}")

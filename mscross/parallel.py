@@ -1,26 +1,29 @@
-"""Data-parallel training: one mesh axis `data` over every device, on one host or many.
+"""The training loop: a population of members, data parallel over a mesh of devices.
 
-The global batch is `config.train.batch_size` whatever the device count N (N must divide it). The
-global batch indices of a step are those of the single-device run (`input_pipeline`), and the
+There is one loop. One device is a mesh of one: the step always runs under `jax.shard_map` over
+the mesh axis `data`, vmapped over the population axis of the train state, inside a device
+`fori_loop` of `num_steps` steps (a traced trip count: one compilation serves every chunk
+length), with the state donated.
+
+The global batch is `config.train.batch_size` whatever the device count N (N must divide it).
+The global batch indices of a member's step are those of `input_pipeline.batch_indices`, and the
 device at mesh position i takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order and,
-to float rounding, the trained weights do not depend on N. The step itself is the single-device
-`train_step.make_train_step` with its collectives switched on (`axis_name=AXIS`): it runs under
-`jax.shard_map` with the train state replicated, gathers the network outputs so every loss term
-sees the global batch, and averages the gradients (see `mscross.train_step` for why a pmean of
-per-device gradients is exactly the single-device gradient).
+to float rounding, the trained weights do not depend on N. The step itself
+(`train_step.make_step` with `axis_name=AXIS`) gathers the network outputs so every loss term
+sees the global batch, and averages the gradients.
 
 Two ways to feed the devices (`config.parallel.feed`):
 
 * "device" (the default with one process): the whole training split is replicated on every
-  device and each device gathers its rows inside the jitted loop, as on one device: no
-  host-to-device copy while training.
+  device and each device gathers its rows inside the loop: no host-to-device copy while
+  training. Each member's epoch permutation is drawn once, at the epoch's first step.
 * "host" (the default with several processes): every process computes the same global batch
   indices, for `host_steps` steps at a time, and puts on each of ITS devices only that device's
   rows, assembled into one global array with `jax.make_array_from_single_device_arrays`. Each
   process thus materialises on its devices only its own share of every batch.
 
 Checkpoints hold the replicated state as ordinary (global) arrays, so a checkpoint written on N
-devices restores on any other count, one included.
+devices restores on any other count.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mscross import data, input_pipeline, train_step
+from mscross import input_pipeline
 from mscross.errors import ConfigError
 
 AXIS = "data"
@@ -78,6 +83,8 @@ def replicate(tree, mesh: Mesh):
   sharding = NamedSharding(mesh, P())
 
   def put(x):
+    if mesh.size == 1 and jax.process_count() == 1:
+      return jax.device_put(x, sharding)
     host = np.asarray(jax.device_get(x))
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -103,114 +110,152 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
-def _split_arrays(split: data.Split) -> dict[str, np.ndarray]:
-  return {"image": split.image, "text": split.text, "label": split.label}
+def _accumulate(acc, metrics):
+  # A skipped step's losses are NaN/inf by definition; keep them out of the averages.
+  return jax.tree.map(lambda a, v: a + jnp.where(jnp.isfinite(v), v, 0.0), acc, metrics)
 
 
-def make_parallel_chunk(
-  step_fn: Callable,
-  mesh: Mesh,
-  data_key: jax.Array,
-  split: data.Split,
-  batch_size: int,
-  *,
-  feed: str = "auto",
-  host_steps: int = 50,
-):
-  """The data-parallel counterpart of `train_step.make_train_chunk`.
+def _mean(sums, num_steps):
+  n = jnp.maximum(num_steps, 1).astype(jnp.float32)
+  return jax.tree.map(lambda s: s / n, sums)
+
+
+class TrainLoop:
+  """`loop(state, data, num_steps) -> (state, mean metrics [P])` for a population state
+  replicated on `mesh`; `data` comes from `loop.data(split)`.
 
   Args:
-    step_fn: `make_train_step(..., axis_name=AXIS)`.
+    step_fn: one member's step, `train_step.make_step(..., axis_name=AXIS)`.
     mesh: from `make_mesh`.
-    data_key: the key of the batch order (as for `make_train_chunk`).
-    split: the (standardised) training split, on the host.
+    num_examples: rows of the training split.
     batch_size: the GLOBAL batch size.
     feed: "device", "host" or "auto" (see the module docstring).
     host_steps: steps per host-to-device transfer with feed="host".
-
-  Returns:
-    (chunk, data): `chunk(state, data, num_steps) -> (state, mean metrics)` with `state`
-    replicated on `mesh` (`replicate`), state donated.
   """
-  num_examples = len(split.label)
-  input_pipeline.steps_per_epoch(num_examples, batch_size)  # validates sizes
-  if batch_size % mesh.size:
-    raise ConfigError(f"batch size {batch_size} is not divisible by the {mesh.size} devices")
-  if feed == "auto":
-    feed = "host" if jax.process_count() > 1 else "device"
-  if feed == "device":
-    return _device_fed_chunk(step_fn, mesh, data_key, num_examples, batch_size), replicate(
-      _split_arrays(split), mesh
-    )
-  if feed == "host":
-    chunk = _HostFedChunk(step_fn, mesh, data_key, num_examples, batch_size, int(host_steps))
-    return chunk, _split_arrays(split)
-  raise ConfigError(f"config.parallel.feed must be auto, device or host: {feed!r}")
 
-
-def _shard_mapped_loop(one: Callable, mesh: Mesh, data_spec: P) -> Callable:
-  # check_vma=False: per-device gradients of the replicated params, as the pmean in the step
-  # expects (train_step's module docstring has the arithmetic).
-  loop = jax.shard_map(
-    train_step.make_chunk_loop(one),
-    mesh=mesh,
-    in_specs=(P(), data_spec, P()),
-    out_specs=(P(), P()),
-    check_vma=False,
-  )
-  return jax.jit(loop, donate_argnums=0)
-
-
-def _device_fed_chunk(step_fn, mesh, data_key, num_examples, batch_size):
-  def one(state, arrays, i):
-    del i  # the batch follows from the state's own step
-    idx = input_pipeline.batch_indices(data_key, state.step, num_examples, batch_size)
-    rows = input_pipeline.device_rows(idx, AXIS)
-    return step_fn(state, input_pipeline.gather_batch(arrays, rows))
-
-  return _shard_mapped_loop(one, mesh, P())
-
-
-class _HostFedChunk:
-  """`chunk(state, arrays, num_steps)` for feed="host": `host_steps` steps per device loop, each
-  loop fed a [host_steps, B, ...] array sharded over the batch axis (padded, so one compilation
-  serves every chunk length)."""
-
-  def __init__(self, step_fn, mesh, data_key, num_examples, batch_size, host_steps):
-    self.mesh, self.key = mesh, data_key
+  def __init__(
+    self,
+    step_fn: Callable,
+    mesh: Mesh,
+    num_examples: int,
+    batch_size: int,
+    *,
+    feed: str = "auto",
+    host_steps: int = 50,
+  ):
+    input_pipeline.steps_per_epoch(num_examples, batch_size)  # validates sizes
+    if batch_size % mesh.size:
+      raise ConfigError(f"batch size {batch_size} is not divisible by the {mesh.size} devices")
+    if feed == "auto":
+      feed = "host" if jax.process_count() > 1 else "device"
+    if feed not in ("device", "host"):
+      raise ConfigError(f"config.parallel.feed must be auto, device or host: {feed!r}")
+    self.mesh, self.feed = mesh, feed
     self.num_examples, self.batch_size, self.host_steps = num_examples, batch_size, host_steps
-    self.sharding = NamedSharding(mesh, P(None, AXIS))
+    self.population_step = jax.vmap(step_fn)
+    if feed == "device":
+      self._loop = self._shard_mapped(self._device_chunk, P())
+    else:
+      self._loop = self._shard_mapped(self._host_chunk, P(None, None, AXIS))
+      self._sharding = NamedSharding(mesh, P(None, None, AXIS))
 
-    def one(state, batches, i):
-      return step_fn(state, jax.tree.map(lambda x: x[i], batches))
+  def _shard_mapped(self, chunk: Callable, data_spec: P) -> Callable:
+    # check_vma=False: per-device gradients of the replicated params, as the pmean in the step
+    # expects (train_step's module docstring has the arithmetic).
+    loop = jax.shard_map(
+      chunk,
+      mesh=self.mesh,
+      in_specs=(P(), data_spec, P()),
+      out_specs=(P(), P()),
+      check_vma=False,
+    )
+    return jax.jit(loop, donate_argnums=0)
 
-    self.loop = _shard_mapped_loop(one, mesh, P(None, AXIS))
+  def _metrics_zeros(self, state, batch):
+    _, m = jax.eval_shape(self.population_step, state, batch)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), m)
 
-  def _global_batches(self, arrays: dict[str, np.ndarray], idx: np.ndarray) -> dict:
-    """Puts on each of this process's devices its rows of every step in `idx` [k, B]."""
-    k, out = idx.shape[0], {}
-    for name, values in arrays.items():
-      shape = (self.host_steps, self.batch_size, *values.shape[1:])
+  def _device_chunk(self, state, arrays, num_steps):
+    n, b = self.num_examples, self.batch_size
+    per_epoch = n // b
+    keys = state.data_key
+    perms_of = jax.vmap(lambda k, e: input_pipeline.epoch_permutation(k, e, n), in_axes=(0, None))
+    # Members share the step counter, so the epoch boundary is one unbatched condition and the
+    # permutation is drawn only at the epoch's first step.
+    first = state.step[0]
+    perms = perms_of(keys, first // per_epoch)
+
+    def batch_of(perms, step):
+      idx = jax.vmap(lambda p: input_pipeline.batch_from_permutation(p, step, b))(perms)
+      return input_pipeline.gather_batch(arrays, input_pipeline.device_rows(idx, AXIS))
+
+    zeros = self._metrics_zeros(state, batch_of(perms, first))
+
+    def body(i, carry):
+      st, perms, acc = carry
+      step = first + i
+      perms = lax.cond(
+        step % per_epoch == 0, lambda: perms_of(keys, step // per_epoch), lambda: perms
+      )
+      st, m = self.population_step(st, batch_of(perms, step))
+      return st, perms, _accumulate(acc, m)
+
+    state, _, sums = lax.fori_loop(0, num_steps, body, (state, perms, zeros))
+    return state, _mean(sums, num_steps)
+
+  def _host_chunk(self, state, batches, num_steps):
+    # batches: leaves [host_steps, P, b, ...], this device's rows of every step of the chunk.
+    first = jax.tree.map(lambda x: x[0], batches)
+    zeros = self._metrics_zeros(state, first)
+
+    def body(i, carry):
+      st, acc = carry
+      st, m = self.population_step(st, jax.tree.map(lambda x: x[i], batches))
+      return st, _accumulate(acc, m)
+
+    state, sums = lax.fori_loop(0, num_steps, body, (state, zeros))
+    return state, _mean(sums, num_steps)
+
+  def data(self, split):
+    """What `__call__` takes as `data`: the split replicated on the mesh (device feed) or kept
+    on the host (host feed)."""
+    if self.feed == "device":
+      return replicate(input_pipeline.device_arrays(split), self.mesh)
+    return input_pipeline.host_arrays(split)
+
+  def __call__(self, state, data, num_steps: int):
+    if self.feed == "device":
+      return self._loop(state, data, jnp.int32(num_steps))
+    return self._host_fed(state, data, num_steps)
+
+  def _global_batches(self, arrays, idx: np.ndarray) -> dict:
+    """Puts on each of this process's devices its rows of every step in `idx` [k, P, B]."""
+    k = idx.shape[0]
+
+    def put(values):
+      shape = (self.host_steps, idx.shape[1], self.batch_size, *values.shape[1:])
       pieces = []
-      for device, index in self.sharding.addressable_devices_indices_map(shape).items():
-        rows = idx[:, index[1]]
-        buf = np.zeros((self.host_steps, rows.shape[1], *values.shape[1:]), values.dtype)
+      for device, index in self._sharding.addressable_devices_indices_map(shape).items():
+        rows = idx[:, :, index[2]]
+        buf = np.zeros((self.host_steps, *rows.shape[1:], *values.shape[1:]), values.dtype)
         buf[:k] = values[rows]
         pieces.append(jax.device_put(buf, device))
-      out[name] = jax.make_array_from_single_device_arrays(shape, self.sharding, pieces)
-    return out
+      return jax.make_array_from_single_device_arrays(shape, self._sharding, pieces)
 
-  def __call__(self, state, arrays: dict[str, np.ndarray], num_steps: int):
-    step, done, sums = int(to_host(state.step)), 0, {}
+    return jax.tree.map(put, arrays)
+
+  def _host_fed(self, state, arrays, num_steps: int):
+    step, done, sums = int(to_host(state.step)[0]), 0, None
+    keys = to_host(state.data_key)
     while done < num_steps:
       k = min(self.host_steps, num_steps - done)
       idx = input_pipeline.host_batch_indices(
-        self.key, step + done, self.host_steps, self.num_examples, self.batch_size
+        keys, step + done, self.host_steps, self.num_examples, self.batch_size
       )[:k]
-      state, metrics = self.loop(state, self._global_batches(arrays, idx), k)
+      state, metrics = self._loop(state, self._global_batches(arrays, idx), jnp.int32(k))
       # Fetching the metrics waits for the loop: all-gather loops dispatched back to back can
       # deadlock on fake CPU devices, and the next loop's input is built on the host anyway.
-      for name, value in to_host(metrics).items():
-        sums[name] = sums.get(name, 0.0) + k * np.asarray(value, np.float64)
+      host = {name: k * np.asarray(v, np.float64) for name, v in to_host(metrics).items()}
+      sums = host if sums is None else {n: sums[n] + host[n] for n in sums}
       done += k
     return state, {name: np.float32(v / max(num_steps, 1)) for name, v in sums.items()}

@@ -4,6 +4,9 @@
     scores, indices = index.search(image_queries, k=10)          # [Q, 10] each, best first
     names = index.search_ids(image_queries, k=10)                # [[gallery id, ...], ...]
 
+An export folder holds one `emb_<modality>.npy` [N, d] per modality of N paired items, their
+`ids.npy` [N] and, for labelled data only, `labels.npy` [N, C].
+
 Similarity is cosine, as in `mscross.metrics`: the gallery is normalised once when the index is
 built, queries at search time, and a zero vector has similarity 0 to everything. Results come
 best first; equal scores come in gallery order, lower index first, the tie rule of metrics' P@k
@@ -12,14 +15,15 @@ gallery size, so every row holds min(k, G) results.
 
 Search is exact. Queries go in blocks of `block_size` and the gallery in chunks; each block
 keeps a running top-k that every chunk's own top-k is merged into, so memory is bounded by
-block_size x gallery_chunk scores, not by Q x G. `write_topk` is the library side of
-`eval.py --topk K`: the top-K neighbours of every query of a split, in both directions.
+block_size x gallery_chunk scores, not by Q x G. `write_topk_files` writes the top-k neighbours
+of every query of paired embeddings, for every retrieval direction between their modalities.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +33,15 @@ from jax import lax
 from mscross import metrics
 from mscross.errors import ConfigError, DataError
 
-MODALITY_FILES = {"image": "img_emb.npy", "text": "txt_emb.npy"}
 EMBEDDINGS_FILE, IDS_FILE, LABELS_FILE = "embeddings.npy", "ids.npy", "labels.npy"
+# One file per modality in an export folder: emb_image.npy, emb_text.npy, ...
+EXPORT_PREFIX, EXPORT_SUFFIX = "emb_", ".npy"
 # Scores of one query block against one gallery chunk, and their top-k temporaries, stay under
 # this many bytes when `gallery_chunk` is left to `search`.
 SEARCH_BUDGET = 256 * 2**20
 _GALLERY_MULTIPLE = 128  # chunk sizes are rounded up to this, so similar galleries share a compile
 _MIN_BLOCK = 8
 _BYTES_PER_SCORE = 16  # the float32 scores plus the copies XLA makes around them
-# Normalisation as in metrics, so that the index ranks exactly as the metrics do.
-_normalize, _normalize_jit = metrics._normalize, metrics._normalize_jit
 
 
 @functools.partial(jax.jit, static_argnames="k")
@@ -55,7 +58,8 @@ def _search_block(q: jax.Array, chunks: jax.Array, num_gallery: jax.Array, *, k:
   Returns:
     scores [B, k] float32 and indices [B, k] int32, best first, ties by lower index.
   """
-  q = _normalize(q)
+  # Normalised as the metrics normalise, so that the index ranks exactly as they do.
+  q = metrics.normalize(q)
   size = chunks.shape[1]
   per_chunk = min(k, size)
 
@@ -149,17 +153,29 @@ class Index:
     raw = _embeddings("gallery embeddings", embeddings)
     if raw.shape[0] == 0:
       raise DataError("the gallery is empty")
-    return cls(np.asarray(_normalize_jit(jnp.asarray(raw))), ids=ids, labels=labels)
+    return cls(np.asarray(metrics.normalize_jit(jnp.asarray(raw))), ids=ids, labels=labels)
 
   @classmethod
   def from_export(cls, export_dir: str, modality: str) -> Index:
-    """The index of one modality of an `eval.py --export DIR` folder: "image" reads
-    img_emb.npy, "text" txt_emb.npy, and both take ids.npy and labels.npy when present."""
-    if modality not in MODALITY_FILES:
-      raise ConfigError(f"modality must be one of {sorted(MODALITY_FILES)}, got {modality!r}")
+    """The index of one modality of an export folder: its emb_<modality>.npy [N, d], with
+    ids.npy [N] and labels.npy [N, C] when present.
+
+    Raises:
+      ConfigError: a modality name that is empty or holds a path separator.
+      DataError: no such folder, no embeddings of that modality (the message lists the
+        modalities the folder has), or an unreadable or malformed file.
+    """
+    if not isinstance(modality, str) or not modality or any(c in modality for c in "/\\\0"):
+      raise ConfigError(f"a modality must be a plain name, got {modality!r}")
     if not os.path.isdir(export_dir):
       raise DataError(f"no export folder at {export_dir!r}")
-    embeddings = _load_npy(export_dir, MODALITY_FILES[modality], required=True)
+    name = export_file_name(modality)
+    if not os.path.exists(os.path.join(export_dir, name)):
+      available = ", ".join(export_modalities(export_dir)) or "none"
+      raise DataError(
+        f"no {name} for modality {modality!r} in {export_dir!r}; available modalities: {available}"
+      )
+    embeddings = _load_npy(export_dir, name, required=True)
     return cls.from_arrays(
       embeddings,
       ids=_load_npy(export_dir, IDS_FILE),
@@ -297,44 +313,87 @@ def _load_npy(folder: str, name: str, *, required: bool = False) -> np.ndarray |
     raise DataError(f"cannot read {path!r}: {str(e).splitlines()[0]}") from None
 
 
+def export_file_name(modality: str) -> str:
+  """The file of `modality`'s embeddings in an export folder: "emb_<modality>.npy"."""
+  return f"{EXPORT_PREFIX}{modality}{EXPORT_SUFFIX}"
+
+
+def export_modalities(export_dir: str) -> list[str]:
+  """The modalities with an emb_<modality>.npy file in `export_dir`, sorted by name."""
+  if not os.path.isdir(export_dir):
+    return []
+  names = (
+    n[len(EXPORT_PREFIX) : -len(EXPORT_SUFFIX)]
+    for n in os.listdir(export_dir)
+    if n.startswith(EXPORT_PREFIX) and n.endswith(EXPORT_SUFFIX)
+  )
+  return sorted(n for n in names if n)
+
+
 # ----------------------------------------------------------------------------------------------
-# eval.py --topk
+# Top-k files of paired embeddings
 
 
-def write_topk_files(out_dir: str, img_emb, txt_emb, ids, k: int) -> dict[str, str]:
-  """Top-k neighbours of paired embeddings in both directions, written into `out_dir`.
+def write_topk_files(
+  out_dir: str,
+  embeddings: Mapping[str, np.ndarray],
+  ids,
+  k: int,
+  *,
+  directions: Sequence[tuple[str, str, str]] | None = None,
+) -> dict[str, str]:
+  """Top-k neighbours of paired embeddings, for every retrieval direction, written to `out_dir`.
 
-  Image queries search the text gallery ("i2t") and text queries the image gallery ("t2i").
-  Each direction gets <d>_indices.npy [N, k'] int64 and <d>_scores.npy [N, k'] float32 (k'
-  = min(k, N)) and <d>.tsv with the columns query_id, rank (from 1), gallery_id and score.
+  A direction (key, q, g) has the queries of modality q search the gallery of modality g (keys as
+  `metrics.direction_names`: "i2t" and "t2i" for two modalities, "<q>2<g>" for more). Each gets
+  <key>_indices.npy [N, k'] int64 and <key>_scores.npy [N, k'] float32 (k' = min(k, N)) and
+  <key>.tsv with the columns query_id, rank (from 1), gallery_id and score.
 
   Args:
     out_dir: folder to write into, created if needed.
-    img_emb: [N, d] image embeddings.
-    txt_emb: [N, d] text embeddings.
+    embeddings: modality -> [N, d] embeddings of the same N paired items.
     ids: [N] ids of the pairs, naming both the queries and the gallery rows.
     k: neighbours per query.
+    directions: (key, query modality, gallery modality) triples; default
+      `metrics.direction_names(list(embeddings))`, every ordered pair of modalities.
 
   Returns:
-    {"<d>_indices": path, "<d>_scores": path, "<d>_tsv": path} for d in i2t, t2i.
+    {"<key>_indices": path, "<key>_scores": path, "<key>_tsv": path} for every direction.
+
+  Raises:
+    DataError: not one id per item in every modality, a direction naming an absent modality,
+      or embeddings as `Index.from_arrays` and `Index.search` reject them.
+    ConfigError: k not a positive integer.
   """
+  k = _positive_int("k", k)
+  if directions is None:
+    directions = metrics.direction_names(list(embeddings))
   ids = np.asarray(ids).astype(str)
-  if not len(ids) == len(img_emb) == len(txt_emb):
-    raise DataError(
-      f"paired data needs one id per pair: {len(ids)} ids, {len(img_emb)} image and "
-      f"{len(txt_emb)} text embeddings"
-    )
+  sizes = {name: len(x) for name, x in embeddings.items()}
+  if any(n != len(ids) for n in sizes.values()):
+    raise DataError(f"paired data needs one id per item: {len(ids)} ids, embeddings {sizes}")
+  for key, q, g in directions:
+    if not key or any(c in key for c in "/\\\0") or key.startswith("."):
+      raise DataError(f"direction key {key!r} cannot name a file")
+    missing = [m for m in (q, g) if m not in embeddings]
+    if missing:
+      raise DataError(
+        f"direction {key!r} needs modalities {missing}, absent from {sorted(embeddings)}"
+      )
   # Tabs and line breaks inside an id would break the table's rows and columns.
   clean = [" ".join(i.split()) if any(c in i for c in "\t\r\n") else i for i in ids]
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
-  for direction, queries, gallery in (("i2t", img_emb, txt_emb), ("t2i", txt_emb, img_emb)):
-    scores, indices = Index.from_arrays(gallery, ids=ids).search(queries, k)
+  indexes = {}  # gallery modality -> Index, each built once for all its directions
+  for key, q, g in directions:
+    if g not in indexes:
+      indexes[g] = Index.from_arrays(embeddings[g], ids=ids)
+    scores, indices = indexes[g].search(embeddings[q], k)
     for kind, array in (("indices", indices), ("scores", scores)):
-      paths[f"{direction}_{kind}"] = os.path.join(out_dir, f"{direction}_{kind}.npy")
-      np.save(paths[f"{direction}_{kind}"], array, allow_pickle=False)
-    paths[f"{direction}_tsv"] = os.path.join(out_dir, f"{direction}.tsv")
-    with open(paths[f"{direction}_tsv"], "w", encoding="utf-8") as f:
+      paths[f"{key}_{kind}"] = os.path.join(out_dir, f"{key}_{kind}.npy")
+      np.save(paths[f"{key}_{kind}"], array, allow_pickle=False)
+    paths[f"{key}_tsv"] = os.path.join(out_dir, f"{key}.tsv")
+    with open(paths[f"{key}_tsv"], "w", encoding="utf-8") as f:
       f.write("query_id\trank\tgallery_id\tscore\n")
       for query, (row_scores, row_indices) in enumerate(zip(scores, indices, strict=True)):
         f.writelines(
@@ -342,20 +401,3 @@ def write_topk_files(out_dir: str, img_emb, txt_emb, ids, k: int) -> dict[str, s
           for rank, (s, j) in enumerate(zip(row_scores, row_indices, strict=True), start=1)
         )
   return paths
-
-
-def write_topk(workdir: str, *, split: str = "test", k: int = 10) -> str:
-  """`eval.py --topk K`: embeds `split` with the best checkpoint of `workdir` (as
-  `evaluate.evaluate_workdir` does) and writes the top-k neighbours of every query in both
-  directions to <workdir>/topk_<split>/ (see `write_topk_files`). Returns that folder."""
-  # Imported here: the model, checkpoint and dataset stack (Flax, Orbax, TFDS) takes seconds to
-  # import and an index over exported embeddings needs none of it.
-  from mscross import evaluate, input_pipeline
-
-  k = _positive_int("--topk", k)
-  config, net, _, gen_params = evaluate.restore_for_eval(workdir)
-  part = input_pipeline.load_splits(config, splits=("train", split))[split]
-  img, txt = evaluate.embed_split(evaluate.make_embed_fn(config, net), gen_params, part)
-  out_dir = os.path.join(workdir, f"topk_{split}")
-  write_topk_files(out_dir, img, txt, part.ids, k)
-  return out_dir

@@ -1,9 +1,9 @@
-"""The train state and the one jitted training step shared by every method.
+"""The train state and the one training step shared by every method.
 
 The adversarial game (docs/methods.md): the discriminator D minimises the modality-classification
-loss L_adv on the common embeddings; the generator (encoders, common net, classifier) minimises its
-embedding loss L_emb MINUS lam * L_adv. Two equivalent implementations, chosen by
-`config.adv.mode`:
+loss L_adv (softmax cross-entropy over the K modalities) on the common embeddings; the generator
+(encoders, common net, classifier) minimises its embedding loss L_emb MINUS lam * L_adv. Two
+equivalent implementations, chosen by `config.adv.mode`:
 
 * "alternating": a generator step on `params["gen"]` with D frozen, then `config.adv.d_steps`
   discriminator steps on `params["disc"]` with the (updated) generator frozen;
@@ -11,14 +11,20 @@ embedding loss L_emb MINUS lam * L_adv. Two equivalent implementations, chosen b
   encoders -lam times the gradient D receives.
 
 lam follows the DANN schedule 2 / (1 + exp(-10 p)) - 1 of training progress p (or stays
-constant), times `config.adv.weight`. A step whose loss or gradients are not finite is skipped:
-the state keeps its old params and optimiser state and counts the skip.
+constant), times `adv.weight`. A step whose loss or gradients are not finite is skipped: the
+member keeps its old params and optimiser state and counts the skip. A member whose `active`
+flag is off (stopped by patience, divergence or pruning) takes no step at all.
 
-Data parallelism (`axis_name`, run under `jax.shard_map` by `mscross.parallel`): the SAME step
-function with collectives switched on. The state is replicated; each device runs the networks on
-its own shard of the global batch; the network outputs and the batch are all-gathered (tiled), so
-every loss term, all-pairs negative mining included, sees the global B x B batch exactly as one
-device would; the loss is then computed redundantly, identically, on every device.
+`make_step` builds the step of ONE member; `mscross.parallel` vmaps it over the population
+axis of the state. The continuous hyperparameters (learning rates, loss weights and float
+options, the adversary's weight) are read from `state.hparams`, traced, so members can differ
+in them under one compilation (`mscross.population`).
+
+Data parallelism (`axis_name`, run under `jax.shard_map` by `mscross.parallel`): the state is
+replicated; each device runs the networks on its own shard of the global batch; the network
+outputs and the labels are all-gathered (tiled), so every loss term, all-pairs negative mining
+included, sees the global batch exactly as one device would; the loss is then computed
+redundantly, identically, on every device.
 
 Gradient scaling (shard_map with `check_vma=False`, i.e. per-device gradients as under pmap): the
 transpose of the tiled all_gather is a reduce-scatter that SUMS the N identical cotangents of the
@@ -44,135 +50,156 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from mscross import input_pipeline, losses, methods
-from mscross.errors import ConfigError
-from mscross.models import CrossModalNet, ModalityDiscriminator
+from mscross import loss_terms, losses
+from mscross.models import CrossModalNet, DataSpec, ModalityDiscriminator
 
 
 @flax.struct.dataclass
 class TrainState:
-  step: jax.Array  # int32 scalar: number of steps taken (skipped ones included)
+  """The state of one member; the population's state stacks every leaf on a leading axis."""
+
+  step: jax.Array  # int32: steps taken (skipped and inactive ones included)
   params: dict  # {"gen": generator params, "disc": discriminator params}
-  opt_state: dict  # {"gen": ..., "disc": ...}, one optimiser per subtree
+  opt_state: dict  # {"gen": ..., "disc": ...}, Adam moments per subtree
   rng: jax.Array  # base PRNG key (uint32[2]); step keys are fold_in(rng, step)
+  data_key: jax.Array  # the key of this member's batch order
+  hparams: dict  # {dotted config key: float32}: the traced hyperparameters
   nonfinite_run: jax.Array  # int32: consecutive skipped (non-finite) steps
   skipped: jax.Array  # int32: all skipped steps
+  active: jax.Array  # bool: False once the member has stopped
 
 
 def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
-  """Adam for the generator and for the discriminator, each over its own subtree."""
+  """Adam's scaling for the generator and for the discriminator, each over its own subtree; the
+  learning rates are applied in the step from the traced `hparams`."""
   o = config.optim
-  gen = optax.adam(o.lr, b1=o.b1, b2=o.b2)
-  disc = optax.adam(o.disc_lr or o.lr, b1=o.b1, b2=o.b2)
-  if o.grad_clip:
-    gen = optax.chain(optax.clip_by_global_norm(o.grad_clip), gen)
-    disc = optax.chain(optax.clip_by_global_norm(o.grad_clip), disc)
-  return {"gen": gen, "disc": disc}
+  txs = {}
+  for name in ("gen", "disc"):
+    tx = optax.scale_by_adam(b1=o.b1, b2=o.b2)
+    if o.grad_clip:
+      tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), tx)
+    txs[name] = tx
+  return txs
 
 
-def init_state(
-  config,
+def init_member(
   net: CrossModalNet,
   disc: ModalityDiscriminator,
-  d_img: int,
-  d_txt: int,
-  txs: dict[str, optax.GradientTransformation],
+  spec: DataSpec,
+  txs: dict,
+  seed: jax.Array,
+  hparams: dict,
 ) -> TrainState:
-  """The initial state of `config.seed`, on the default device."""
+  """The initial state of one member (traceable: vmap it over seeds and hparams)."""
+  root = jax.random.PRNGKey(seed)
+  k_gen, k_disc = jax.random.split(jax.random.fold_in(root, 0))
+  dummy = {m: jnp.zeros((2, d)) for m, d in zip(spec.modalities, spec.dims, strict=True)}
+  gen = net.init(k_gen, dummy)["params"]
+  width = jax.eval_shape(net.apply, {"params": gen}, dummy)["emb"].shape[-1]
+  dparams = disc.init(k_disc, jnp.zeros((2, width)))["params"]
+  params = {"gen": gen, "disc": dparams}
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state={k: txs[k].init(params[k]) for k in ("gen", "disc")},
+    rng=jax.random.fold_in(root, 1),
+    data_key=jax.random.fold_in(root, 2),
+    hparams=dict(hparams),
+    nonfinite_run=jnp.zeros((), jnp.int32),
+    skipped=jnp.zeros((), jnp.int32),
+    active=jnp.ones((), bool),
+  )
 
-  def build():
-    root = jax.random.PRNGKey(config.seed)
-    k_gen, k_disc = jax.random.split(jax.random.fold_in(root, 0))
-    x_img, x_txt = jnp.zeros((2, d_img)), jnp.zeros((2, d_txt))
-    gen = net.init(k_gen, x_img, x_txt)["params"]
-    width = net.apply({"params": gen}, x_img, x_txt)["img"].shape[-1]
-    dparams = disc.init(k_disc, jnp.zeros((2, width)))["params"]
-    params = {"gen": gen, "disc": dparams}
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      opt_state={k: txs[k].init(params[k]) for k in ("gen", "disc")},
-      rng=jax.random.fold_in(root, 1),
-      nonfinite_run=jnp.zeros((), jnp.int32),
-      skipped=jnp.zeros((), jnp.int32),
-    )
 
+def init_population(net, disc, spec, txs, seeds, hparams: dict) -> TrainState:
+  """The stacked initial state of P members: seeds [P] int, hparams {key: [P]}."""
+  build = jax.vmap(lambda s, h: init_member(net, disc, spec, txs, s, h))
   # One compiled program: op by op, every initialiser op is compiled on its own (3x slower here).
-  return jax.jit(build)()
+  return jax.jit(build)(jnp.asarray(seeds, jnp.uint32), hparams)
 
 
-def adversarial_lambda(config, step: jax.Array, total_steps: int) -> jax.Array:
+def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
+  """Generator params of `seed` alone: the restore target when only the generator is needed."""
+  dummy = {m: jnp.zeros((2, d)) for m, d in zip(spec.modalities, spec.dims, strict=True)}
+  k_gen, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+  return net.init(k_gen, dummy)["params"]
+
+
+def adversarial_lambda(config, hparams: dict, step: jax.Array, total_steps: int) -> jax.Array:
   adv = config.adv
   if not adv.enabled:
     return jnp.zeros((), jnp.float32)
+  weight = hparams.get("adv.weight", adv.weight)
   if adv.schedule == "dann":
-    progress = step.astype(jnp.float32) / max(total_steps, 1)
-    return adv.weight * losses.dann_lambda(progress)
-  if adv.schedule == "constant":
-    return jnp.full((), adv.weight, jnp.float32)
-  raise ConfigError(f"adv.schedule must be 'dann' or 'constant', got {adv.schedule!r}")
+    return weight * losses.dann_lambda(step.astype(jnp.float32) / max(total_steps, 1))
+  return weight * jnp.ones((), jnp.float32)
 
 
 def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def all_gather_batch(tree, axis_name: str | None):
-  """Concatenates every device's shard along the batch axis, so each device holds the global
-  batch in device order (identity when `axis_name` is None: one device already holds it)."""
+def all_gather_batch(out: dict, labels, axis_name: str | None):
+  """Every device's shard of the network outputs ([K, b, ...]) and labels ([b, C]) concatenated
+  along the batch axis in device order (identity when `axis_name` is None)."""
   if axis_name is None:
-    return tree
-  return jax.tree.map(lambda x: lax.all_gather(x, axis_name, tiled=True), tree)
+    return out, labels
+  gather = lambda x, axis: lax.all_gather(x, axis_name, axis=axis, tiled=True)
+  out = jax.tree.map(lambda x: gather(x, 1), out)
+  return out, None if labels is None else gather(labels, 0)
 
 
 class Objectives(NamedTuple):
   """The pure loss functions a train step differentiates (exposed for tests and extensions).
 
-  `batch` is the local batch (this device's shard under data parallelism); `generator` and
-  `reversal` gather the network outputs and the batch before the loss terms (see the module
+  `batch` is the local batch {"inputs": {modality: [b, d]}, "label": [b, C] (labelled data)};
+  `generator` and `reversal` gather the outputs and labels before the loss terms (see the module
   docstring), so their values are those of the global batch.
   """
 
   forward: Callable  # (gen_params, batch) -> network outputs of the local batch
-  adversarial: Callable  # (disc_params, z_img, z_txt) -> L_adv, D's modality loss
-  generator: Callable  # (gen, disc, batch, rng, lam) -> (L_emb - lam L_adv, (L_emb, L_adv, parts))
-  reversal: Callable  # ({gen, disc}, batch, rng, lam) -> (L_emb + L_adv(GRL_lam(z)), aux)
+  adversarial: Callable  # (disc_params, emb [K, B, d]) -> L_adv, D's modality loss
+  generator: Callable  # (gen, disc, batch, rng, lam, hparams) -> (L_emb - lam L_adv, aux)
+  reversal: Callable  # ({gen, disc}, batch, rng, lam, hparams) -> (L_emb + L_adv(GRL(z)), aux)
 
 
 def make_objectives(
   config, net: CrossModalNet, disc: ModalityDiscriminator, axis_name: str | None = None
 ) -> Objectives:
-  """The objectives of `config`; `axis_name`: the data-parallel mesh axis (None: one device)."""
-  terms = methods.active_terms(config.loss)
+  """The objectives of `config`; `axis_name`: the data-parallel mesh axis (None: no mesh)."""
+  terms = loss_terms.active_terms(config.loss)
   adversarial = bool(config.adv.enabled)
-  gather = lambda tree: all_gather_batch(tree, axis_name)
 
   def forward(gen_params, batch):
-    return net.apply({"params": gen_params}, batch["image"], batch["text"])
+    return net.apply({"params": gen_params}, batch["inputs"])
 
-  def adv_loss(disc_params, z_img, z_txt):
-    logit = lambda z: disc.apply({"params": disc_params}, z)
-    return losses.modality_adversarial_loss(logit(z_img), logit(z_txt))
+  def adv_loss(disc_params, emb):
+    return losses.modality_adversarial_loss(disc.apply({"params": disc_params}, emb))
 
-  def generator_objective(gen_params, disc_params, batch, rng, lam):
-    out, batch = gather(forward(gen_params, batch)), gather(batch)
-    l_emb, parts = methods.embedding_loss(terms, out, batch, params=gen_params, rng=rng)
-    l_adv = adv_loss(disc_params, out["img"], out["txt"]) if adversarial else jnp.zeros(())
+  def embedding_loss(gen_params, batch, rng, hparams):
+    out, labels = all_gather_batch(forward(gen_params, batch), batch.get("label"), axis_name)
+    if labels is None:
+      # Instance-level retrieval: every pair is its own class.
+      labels = jnp.eye(out["emb"].shape[1], dtype=jnp.float32)
+    l_emb, parts = loss_terms.embedding_loss(
+      terms, hparams, out, {"label": labels}, params=gen_params, rng=rng
+    )
+    return out, l_emb, parts
+
+  def generator_objective(gen_params, disc_params, batch, rng, lam, hparams):
+    out, l_emb, parts = embedding_loss(gen_params, batch, rng, hparams)
+    l_adv = adv_loss(disc_params, out["emb"]) if adversarial else jnp.zeros(())
     return l_emb - lam * l_adv, (l_emb, l_adv, parts)
 
-  def reversal_objective(params, batch, rng, lam):
-    out, batch = gather(forward(params["gen"], batch)), gather(batch)
-    l_emb, parts = methods.embedding_loss(terms, out, batch, params=params["gen"], rng=rng)
-    z_img = losses.gradient_reversal(out["img"], lam)
-    z_txt = losses.gradient_reversal(out["txt"], lam)
-    l_adv = adv_loss(params["disc"], z_img, z_txt)
+  def reversal_objective(params, batch, rng, lam, hparams):
+    out, l_emb, parts = embedding_loss(params["gen"], batch, rng, hparams)
+    l_adv = adv_loss(params["disc"], losses.gradient_reversal(out["emb"], lam))
     return l_emb + l_adv, (l_emb, l_adv, parts)
 
   return Objectives(forward, adv_loss, generator_objective, reversal_objective)
 
 
-def make_train_step(
+def make_step(
   config,
   net: CrossModalNet,
   disc: ModalityDiscriminator,
@@ -180,63 +207,65 @@ def make_train_step(
   total_steps: int,
   axis_name: str | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-  """Returns `step_fn(state, batch) -> (state, metrics)` (pure; jit it or scan it).
+  """Returns `step_fn(state, batch) -> (state, metrics)` of ONE member (pure; vmap it over a
+  population, jit it or loop it).
 
   With `axis_name`, `step_fn` must run inside `jax.shard_map(..., check_vma=False)` over that
   mesh axis with the state replicated and `batch` this device's shard of the global batch; the
   metrics (global-batch losses) and the new state are then identical on every device.
   """
   adversarial = bool(config.adv.enabled)
-  mode, d_steps = config.adv.mode, int(config.adv.d_steps)
-  if mode not in ("alternating", "reversal"):
-    raise ConfigError(f"adv.mode must be 'alternating' or 'reversal', got {mode!r}")
-  if d_steps < 1:
-    raise ConfigError(f"adv.d_steps must be >= 1, got {d_steps}")
+  reversal = adversarial and config.adv.mode == "reversal"
+  d_steps = int(config.adv.d_steps)
   obj = make_objectives(config, net, disc, axis_name)
-  forward, adv_loss = obj.forward, obj.adversarial
-  generator_objective, reversal_objective = obj.generator, obj.reversal
   # See the module docstring for why a mean (not a sum) is the single-device gradient.
   pmean = (lambda tree: tree) if axis_name is None else (lambda tree: lax.pmean(tree, axis_name))
 
-  def apply(name, params, opt_state, grads):
+  def apply(name, params, opt_state, grads, lr):
     updates, opt_state = txs[name].update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
+    return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    h = state.hparams
+    lr = h.get("optim.lr", config.optim.lr)
+    disc_lr = h.get("optim.disc_lr", config.optim.disc_lr)
+    disc_lr = jnp.where(disc_lr > 0, disc_lr, lr)
+    lrs = {"gen": lr, "disc": disc_lr}
     # The state is replicated, so every device draws the same key, and sampled terms (ACMR's
     # random negatives over the gathered batch) pick the same negatives as one device would.
     rng = jax.random.fold_in(state.rng, state.step)
-    lam = adversarial_lambda(config, state.step, total_steps)
+    lam = adversarial_lambda(config, h, state.step, total_steps)
     params, opt_state = dict(state.params), dict(state.opt_state)
 
-    if adversarial and mode == "reversal":
-      grads, (l_emb, l_adv, parts) = jax.grad(reversal_objective, has_aux=True)(
-        params, batch, rng, lam
+    if reversal:
+      grads, (l_emb, l_adv, parts) = jax.grad(obj.reversal, has_aux=True)(
+        params, batch, rng, lam, h
       )
       grads = pmean(grads)
       for name in ("gen", "disc"):
-        params[name], opt_state[name] = apply(name, params[name], opt_state[name], grads[name])
+        params[name], opt_state[name] = apply(
+          name, params[name], opt_state[name], grads[name], lrs[name]
+        )
       d_loss, finite_inputs = l_adv, grads
-      g_norm, d_norm = (
-        optax.tree_utils.tree_norm(grads["gen"]),
-        optax.tree_utils.tree_norm(grads["disc"]),
-      )
+      g_norm = optax.tree_utils.tree_norm(grads["gen"])
+      d_norm = optax.tree_utils.tree_norm(grads["disc"])
     else:
-      g_grads, (l_emb, l_adv, parts) = jax.grad(generator_objective, has_aux=True)(
-        params["gen"], params["disc"], batch, rng, lam
+      g_grads, (l_emb, l_adv, parts) = jax.grad(obj.generator, has_aux=True)(
+        params["gen"], params["disc"], batch, rng, lam, h
       )
       g_grads = pmean(g_grads)
-      params["gen"], opt_state["gen"] = apply("gen", params["gen"], opt_state["gen"], g_grads)
+      params["gen"], opt_state["gen"] = apply("gen", params["gen"], opt_state["gen"], g_grads, lr)
       d_loss, finite_inputs = jnp.zeros(()), g_grads
       g_norm, d_norm = optax.tree_utils.tree_norm(g_grads), jnp.zeros(())
       if adversarial:
-        out = forward(params["gen"], batch)
-        z = jax.lax.stop_gradient(all_gather_batch((out["img"], out["txt"]), axis_name))
+        emb = obj.forward(params["gen"], batch)["emb"]
+        emb = all_gather_batch({"emb": emb}, None, axis_name)[0]["emb"]
+        emb = lax.stop_gradient(emb)
         for _ in range(d_steps):
-          d_loss, d_grads = jax.value_and_grad(adv_loss)(params["disc"], *z)
+          d_loss, d_grads = jax.value_and_grad(obj.adversarial)(params["disc"], emb)
           d_grads = pmean(d_grads)
           params["disc"], opt_state["disc"] = apply(
-            "disc", params["disc"], opt_state["disc"], d_grads
+            "disc", params["disc"], opt_state["disc"], d_grads, disc_lr
           )
         finite_inputs = (g_grads, d_grads)
         d_norm = optax.tree_utils.tree_norm(d_grads)
@@ -246,13 +275,17 @@ def make_train_step(
     if axis_name is not None:
       # Already equal everywhere by construction; pmin makes a replica split impossible.
       ok = lax.pmin(ok.astype(jnp.int32), axis_name) > 0
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    take = ok & state.active
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(take, n, o), new, old)
+    skipped = state.active & ~ok
     new_state = state.replace(
       step=state.step + 1,
       params=keep(params, state.params),
       opt_state=keep(opt_state, state.opt_state),
-      nonfinite_run=jnp.where(ok, 0, state.nonfinite_run + 1),
-      skipped=state.skipped + (1 - ok.astype(jnp.int32)),
+      nonfinite_run=jnp.where(
+        skipped, state.nonfinite_run + 1, jnp.where(take, 0, state.nonfinite_run)
+      ),
+      skipped=state.skipped + skipped.astype(jnp.int32),
     )
     metrics = {
       "loss_emb": l_emb,
@@ -266,40 +299,3 @@ def make_train_step(
     return new_state, metrics
 
   return step_fn
-
-
-def make_chunk_loop(one: Callable) -> Callable:
-  """`chunk(state, data, num_steps) -> (state, mean metrics)` from `one(state, data, i) ->
-  (state, metrics)`, the i-th step of the chunk: `num_steps` steps in one device loop (a traced
-  trip count, so one compilation serves every chunk length). Not jitted: the single-device and
-  data-parallel chunks wrap it differently."""
-
-  def chunk(state, data, num_steps):
-    _, metrics0 = jax.eval_shape(one, state, data, jnp.zeros((), jnp.int32))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics0)
-
-    def body(i, carry):
-      st, acc = carry
-      st, m = one(st, data, i)
-      # A skipped step's losses are NaN/inf by definition; keep them out of the averages.
-      return st, jax.tree.map(lambda a, v: a + jnp.where(jnp.isfinite(v), v, 0.0), acc, m)
-
-    state, sums = jax.lax.fori_loop(0, num_steps, body, (state, zeros))
-    n = jnp.maximum(num_steps, 1).astype(jnp.float32)
-    return state, jax.tree.map(lambda s: s / n, sums)
-
-  return chunk
-
-
-def make_train_chunk(step_fn, data_key: jax.Array, num_examples: int, batch_size: int):
-  """Returns `chunk(state, arrays, num_steps) -> (state, mean metrics)`, jitted with the state
-  donated: `num_steps` steps in one device loop, batches gathered on the device (see
-  `input_pipeline`). The single-device path; `mscross.parallel` builds the data-parallel one."""
-  input_pipeline.steps_per_epoch(num_examples, batch_size)  # validates sizes
-
-  def one(state, arrays, i):
-    del i  # the batch follows from the state's own step
-    idx = input_pipeline.batch_indices(data_key, state.step, num_examples, batch_size)
-    return step_fn(state, input_pipeline.gather_batch(arrays, idx))
-
-  return jax.jit(make_chunk_loop(one), donate_argnums=0)

@@ -13,8 +13,9 @@ TINY = [
   "--config.train.steps=20",
   "--config.train.eval_every=10",
   "--config.train.checkpoint_every=10",
-  "--config.model.img_layers=(32,16)",
-  "--config.model.txt_layers=(32,16)",
+  "--config.model.encoder_layers=(32,)",
+  "--config.model.width=16",
+  "--nocompilation_cache",
 ]
 
 
@@ -42,7 +43,7 @@ def workdir(tmp_path_factory):
 def test_train_writes_config_metrics_and_checkpoints(workdir):
   config = json.loads((workdir / "config.json").read_text())
   # The command-line override reached the resolved config.
-  assert config["train"]["steps"] == 20 and config["model"]["img_layers"] == [32, 16]
+  assert config["train"]["steps"] == 20 and config["model"]["encoder_layers"] == [32]
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert metrics["steps"] == 20
   assert (workdir / "checkpoints" / "best").is_dir()
@@ -56,10 +57,10 @@ def test_eval_prints_the_metrics_json_numbers(workdir, tmp_path):
   for key, value in metrics["test"].items():
     assert abs(printed[key] - value) <= 1e-6, key
   assert sorted(os.listdir(tmp_path / "emb")) == [
+    "emb_left.npy",
+    "emb_right.npy",
     "ids.npy",
-    "img_emb.npy",
     "labels.npy",
-    "txt_emb.npy",
   ]
 
 
@@ -91,3 +92,36 @@ def test_unknown_method_is_a_one_line_error(tmp_path):
   proc = run("train.py", "--workdir", str(tmp_path / "w"), "--config.method=gan9000")
   assert proc.returncode == 2
   assert "unknown method 'gan9000'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_saved_json_config_trains_like_its_python_preset(workdir, tmp_path):
+  """train.py --config <workdir>/config.json (what tune.py's best_config.json is) rebuilds the
+  same run."""
+  again = tmp_path / "again"
+  proc = run("train.py", "--config", str(workdir / "config.json"), "--workdir", str(again))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  first = json.loads((workdir / "metrics.json").read_text())
+  second = json.loads((again / "metrics.json").read_text())
+  assert second["test"]["avg_map"] == pytest.approx(first["test"]["avg_map"], abs=1e-6)
+
+
+def test_config_file_arguments_choose_method_and_dataset(tmp_path):
+  proc = run(
+    "train.py",
+    "--config",
+    "configs/default.py:method=dscmr,dataset=digits_halves,labels=false",
+    "--workdir",
+    str(tmp_path / "w"),
+    "--config.train.steps=10",
+    "--config.train.eval_every=10",
+    "--config.model.width=32",
+    "--config.model.shared_layers=(16,)",
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  metrics = json.loads((tmp_path / "w" / "metrics.json").read_text())
+  assert metrics["method"] == "dscmr" and metrics["labelled"] is False
+  # Instance-level retrieval: recall and ranks, and mAP = MRR.
+  assert {"i2t_r@1", "t2i_r@10", "avg_median_rank", "avg_mrr"} <= set(metrics["test"])
+  assert metrics["test"]["avg_map"] == pytest.approx(metrics["test"]["avg_mrr"])
+  bad = run("train.py", "--config", "configs/default.py:method=gan9000", "--workdir", str(tmp_path))
+  assert bad.returncode == 2 and "gan9000" in bad.stderr and "Traceback" not in bad.stderr

@@ -80,8 +80,13 @@ def test_index_labels_without_validation(tmp_path, label_form):
   sizes = {name: len(split.ids) for name, split in splits.items()}
   assert sizes == {"train": 72, "validation": 8, "test": 20}
   for split in splits.values():
-    assert split.image.dtype == split.text.dtype == split.label.dtype == np.float32
-    assert split.image.shape[1] == D_IMG and split.text.shape[1] == D_TXT
+    assert (
+      split.features["image"].dtype
+      == split.features["text"].dtype
+      == split.label.dtype
+      == np.float32
+    )
+    assert split.features["image"].shape[1] == D_IMG and split.features["text"].shape[1] == D_TXT
     assert split.label.shape[1] == C
     np.testing.assert_array_equal(split.label.sum(axis=1), 1)
     assert split.class_names == ("0", "1", "2", "3")
@@ -91,7 +96,9 @@ def test_index_labels_without_validation(tmp_path, label_form):
   train_ids = np.concatenate([splits["train"].ids, splits["validation"].ids]).astype(int)
   assert sorted(train_ids) == list(range(80))
   rows = splits["validation"].ids.astype(int)
-  np.testing.assert_allclose(splits["validation"].image, written["train"]["image"][rows], rtol=1e-6)
+  np.testing.assert_allclose(
+    splits["validation"].features["image"], written["train"]["image"][rows], rtol=1e-6
+  )
   np.testing.assert_array_equal(np.argmax(splits["test"].label, axis=1), written["test"]["classes"])
 
 
@@ -103,7 +110,7 @@ def test_multi_label_matrix_with_validation_files(tmp_path):
   assert {k: len(v.ids) for k, v in splits.items()} == {"train": 60, "validation": 15, "test": 21}
   for split, prefix in (("train", "train"), ("validation", "valid"), ("test", "test")):
     np.testing.assert_array_equal(splits[split].label, written[prefix]["labels"])
-    np.testing.assert_allclose(splits[split].text, written[prefix]["text"], rtol=1e-6)
+    np.testing.assert_allclose(splits[split].features["text"], written[prefix]["text"], rtol=1e-6)
   assert splits["train"].label.sum(axis=1).max() == 2
   assert splits["train"].class_names == ("0", "1", "2", "3")
 
@@ -125,7 +132,7 @@ def test_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
   with monkeypatch.context() as patch:
     patch.setattr(mscross.data.DscmrMat, "read_source", fail)
     second = load_split("dscmr_mat", "validation", tmp_path)
-  np.testing.assert_array_equal(first.image, second.image)
+  np.testing.assert_array_equal(first.features["image"], second.features["image"])
   np.testing.assert_array_equal(first.ids, second.ids)
 
   # Editing a source file must re-prepare. The mtime is pushed forward explicitly so the test
@@ -136,7 +143,7 @@ def test_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
   stat = path.stat()
   os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
   third = load_split("dscmr_mat", "validation", tmp_path)
-  np.testing.assert_allclose(third.image, 2 * first.image, rtol=1e-6)
+  np.testing.assert_allclose(third.features["image"], 2 * first.features["image"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("missing", ["test_txt.mat", "train_img_lab.mat"])
@@ -238,3 +245,119 @@ def test_empty_split(tmp_path):
   _save(tmp_path, "test_txt", np.zeros((0, D_TXT)))
   _save(tmp_path, "test_img_lab", np.zeros((0, 1)))
   assert_data_error(tmp_path, "test_img.mat", "no examples in the test split")
+
+
+def test_huge_class_index_is_refused_without_allocating(tmp_path):
+  # A label of 79,496 among a dozen examples once built a 79,497 x 79,497 one-hot table.
+  written = write_dscmr(tmp_path, counts={"train": 12, "test": 6})
+  labels = written["train"]["classes"][:, None].copy()
+  labels[3] = 79_496
+  _save(tmp_path, "train_img_lab", labels)
+  assert_data_error(tmp_path, "train_img_lab.mat", "79,497 classes", "18 labelled examples")
+
+
+def test_class_count_limit():
+  from mscross.data import checks
+
+  with pytest.raises(DataError, match="at most 65,536 classes"):
+    checks.class_count(65_537, None, "x.mat")
+  assert checks.class_count(65_536, None, "x.mat") == 65_536
+  assert checks.class_count(40, 4, "x.mat") == 40
+
+
+# Five-media (XMediaNet-style) layout: tag -> (modality, width).
+MEDIA = {"img": ("image", 6), "txt": ("text", 5), "aud": ("audio", 4), "vid": ("video", 3)}
+MEDIA["3d"] = ("3d", 2)
+
+
+def write_media(folder: Path, tags, counts=None, label_tags=None, seed: int = 0) -> dict:
+  """Writes <prefix>_<tag>.mat per medium and <prefix>_<tag>_lab.mat for `label_tags`."""
+  counts = counts or {"train": 60, "test": 20}
+  label_tags = label_tags if label_tags is not None else tags[:1]
+  rng = np.random.default_rng(seed)
+  folder.mkdir(parents=True, exist_ok=True)
+  written = {}
+  for prefix, n in counts.items():
+    classes = rng.permutation(np.arange(n) % C)
+    written[prefix] = {"classes": classes}
+    for tag in tags:
+      written[prefix][tag] = rng.normal(size=(n, MEDIA[tag][1]))
+      _save(folder, f"{prefix}_{tag}", written[prefix][tag])
+    for tag in label_tags:
+      _save(folder, f"{prefix}_{tag}_lab", classes[:, None])
+  return written
+
+
+def test_five_media(tmp_path):
+  tags = ["img", "txt", "aud", "vid", "3d"]
+  written = write_media(
+    tmp_path, tags, {"train": 40, "valid": 12, "test": 16}, label_tags=["img", "vid"]
+  )
+  splits = load_all(tmp_path)
+  assert {k: len(v) for k, v in splits.items()} == {"train": 40, "validation": 12, "test": 16}
+  for split, prefix in (("train", "train"), ("validation", "valid"), ("test", "test")):
+    got = splits[split]
+    assert got.modalities == ("image", "text", "audio", "video", "3d")
+    for tag in tags:
+      modality, width = MEDIA[tag]
+      assert got.features[modality].shape == (len(got), width)
+      np.testing.assert_allclose(got.features[modality], written[prefix][tag], rtol=1e-6)
+    np.testing.assert_array_equal(np.argmax(got.label, axis=1), written[prefix]["classes"])
+  assert mscross.data.dataset_modalities("dscmr_mat") is None
+
+
+def test_media_subset_labelled_by_its_first_medium(tmp_path):
+  written = write_media(tmp_path, ["aud", "3d"], label_tags=["aud"])
+  splits = load_all(tmp_path)
+  assert splits["test"].modalities == ("audio", "3d")
+  assert {k: len(v) for k, v in splits.items()} == {"train": 54, "validation": 6, "test": 20}
+  np.testing.assert_allclose(splits["test"].features["3d"], written["test"]["3d"], rtol=1e-6)
+
+
+def test_media_label_files_disagree(tmp_path):
+  write_media(tmp_path, ["img", "txt", "aud"], label_tags=["img", "aud"])
+  _save(
+    tmp_path,
+    "test_aud_lab",
+    np.roll(scipy.io.loadmat(tmp_path / "test_aud_lab.mat")["test_aud_lab"], 1),
+  )
+  assert_data_error(
+    tmp_path, "test_img_lab.mat", "test_aud_lab.mat", "labels differ", "paired rows"
+  )
+
+
+def test_media_with_different_row_counts(tmp_path):
+  written = write_media(tmp_path, ["img", "txt", "vid"])
+  _save(tmp_path, "train_vid", written["train"]["vid"][:50])
+  assert_data_error(
+    tmp_path, "train_vid.mat [train_vid] has 50", "train_img.mat [train_img] has 60", "paired rows"
+  )
+
+
+def test_medium_missing_from_test(tmp_path):
+  write_media(tmp_path, ["img", "txt", "aud"])
+  (tmp_path / "test_aud.mat").unlink()
+  assert_data_error(tmp_path, "missing test_aud.mat", "expected files")
+
+
+def test_medium_only_in_test(tmp_path):
+  written = write_media(tmp_path, ["img", "txt"])
+  _save(tmp_path, "test_vid", written["test"]["img"])
+  assert_data_error(tmp_path, "test_vid.mat", "no train_vid.mat", "same media")
+
+
+def test_validation_missing_one_medium(tmp_path):
+  write_media(tmp_path, ["txt", "vid", "3d"], {"train": 30, "valid": 10, "test": 10})
+  (tmp_path / "valid_3d.mat").unlink()
+  assert_data_error(tmp_path, "missing valid_3d.mat")
+
+
+def test_single_medium(tmp_path):
+  write_media(tmp_path, ["vid"])
+  assert_data_error(tmp_path, "found only train_vid.mat", "at least two media")
+
+
+def test_stray_validation_label_file(tmp_path):
+  write_media(tmp_path, ["img", "txt"])
+  _save(tmp_path, "valid_txt_lab", np.zeros((3, 1)))
+  assert_data_error(tmp_path, "missing valid_img.mat, valid_txt.mat, valid_img_lab.mat")

@@ -1,4 +1,4 @@
-"""uci_mfeat/<a>_<b>: the real fou/kar/pix CSVs under shared/data, and broken synthetic copies."""
+"""uci_mfeat/<views>: the real fou/kar/pix CSVs under shared/data, and broken synthetic copies."""
 
 import os
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import mscross.data
-from mscross.data import load_split
+from mscross.data import dataset_modalities, load_split
 from mscross.errors import DataError
 
 DATA_DIR = Path(
@@ -58,11 +58,40 @@ def assert_data_error(root: Path, name: str, *fragments: str) -> None:
     assert fragment in message, message
 
 
-def test_all_ordered_view_pairs_are_available():
-  names = [n for n in mscross.data.available_datasets() if n.startswith("uci_mfeat/")]
-  assert len(names) == 30
-  assert "uci_mfeat/fou_pix" in names and "uci_mfeat/pix_fou" in names
-  assert "uci_mfeat/fou_fou" not in names
+def test_names_pattern_is_listed():
+  assert "uci_mfeat/<view>_<view>[_<view>...]" in mscross.data.available_datasets()
+
+
+@pytest.mark.parametrize(
+  "name, problem",
+  [
+    ("uci_mfeat/fou_abc", "unknown view 'abc'"),
+    ("uci_mfeat/fou_kar_fou", "view 'fou' named twice"),
+    ("uci_mfeat/fou", "1 view"),
+    ("uci_mfeat/", "0 views"),
+    ("uci_mfeat", "0 views"),
+    ("uci_mfeat/fou__kar", "unknown view ''"),
+  ],
+)
+def test_bad_view_names(tmp_path, name, problem):
+  for call in (lambda: load_split(name, "train", tmp_path), lambda: dataset_modalities(name)):
+    with pytest.raises(DataError) as info:
+      call()
+    message = str(info.value)
+    assert "\n" not in message and problem in message, message
+    assert "fou, fac, kar, pix, zer, mor" in message
+
+
+def test_any_combination_of_distinct_views_is_a_dataset():
+  assert dataset_modalities("uci_mfeat/mor_zer_pix_kar_fac_fou") == (
+    "mor",
+    "zer",
+    "pix",
+    "kar",
+    "fac",
+    "fou",
+  )
+  assert dataset_modalities("uci_mfeat/zer_fac") == ("zer", "fac")
 
 
 @needs_real_data
@@ -78,8 +107,10 @@ def test_real_fou_pix():
   per_class = {"train": 120, "validation": 40, "test": 40}
   ids = []
   for name, split in splits.items():
-    assert split.image.shape[1:] == (76,) and split.text.shape[1:] == (240,)
-    assert split.image.dtype == split.text.dtype == split.label.dtype == np.float32
+    assert split.modalities == ("fou", "pix")
+    assert split.features["fou"].shape[1:] == (76,) and split.features["pix"].shape[1:] == (240,)
+    assert split.features["fou"].dtype == split.features["pix"].dtype == np.float32
+    assert split.label.dtype == np.float32
     np.testing.assert_array_equal(split.label.sum(axis=1), 1)
     np.testing.assert_array_equal(split.label.sum(axis=0), [per_class[name]] * 10)
     assert split.class_names == tuple(str(c) for c in range(10))
@@ -88,8 +119,25 @@ def test_real_fou_pix():
   # Raw values, rows aligned with the CSV through the ids.
   fou = np.loadtxt(DATA_DIR / "uci_mfeat" / "mfeat-fou.csv", delimiter=",", skiprows=1)
   test = splits["test"]
-  np.testing.assert_allclose(test.image, fou[test.ids.astype(int), :-1], rtol=1e-6)
+  np.testing.assert_allclose(test.features["fou"], fou[test.ids.astype(int), :-1], rtol=1e-6)
   np.testing.assert_array_equal(np.argmax(test.label, axis=1), fou[test.ids.astype(int), -1])
+
+
+@needs_real_data
+def test_real_three_views_share_the_pairs_split():
+  # The split depends on the classes only: every view combination gets the same rows.
+  for split in mscross.data.SPLITS:
+    three = load_split("uci_mfeat/pix_fou_kar", split, DATA_DIR)
+    pair = load_split("uci_mfeat/fou_pix", split, DATA_DIR)
+    other_pair = load_split("uci_mfeat/kar_fou", split, DATA_DIR)
+    assert three.modalities == ("pix", "fou", "kar")
+    assert [a.shape[1] for a in three.features.values()] == [240, 76, 64]
+    np.testing.assert_array_equal(three.ids, pair.ids)
+    np.testing.assert_array_equal(three.ids, other_pair.ids)
+    np.testing.assert_array_equal(three.label, pair.label)
+    np.testing.assert_array_equal(three.features["fou"], pair.features["fou"])
+    np.testing.assert_array_equal(three.features["pix"], pair.features["pix"])
+    np.testing.assert_array_equal(three.features["kar"], other_pair.features["kar"])
 
 
 @needs_real_data
@@ -102,7 +150,7 @@ def test_synthetic_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
   write_view(tmp_path, "kar", seed=1)
   write_view(tmp_path, "mor", seed=2)
   first = load_split("uci_mfeat/kar_mor", "test", tmp_path)
-  assert first.image.shape == (20, 64) and first.text.shape == (20, 6)
+  assert first.features["kar"].shape == (20, 64) and first.features["mor"].shape == (20, 6)
   np.testing.assert_array_equal(first.label.sum(axis=0), [2] * 10)
 
   def fail(*args, **kwargs):
@@ -111,11 +159,12 @@ def test_synthetic_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
   with monkeypatch.context() as patch:
     patch.setattr(mscross.data.UciMfeat, "read_source", fail)
     again = load_split("uci_mfeat/kar_mor", "test", tmp_path)
-  np.testing.assert_array_equal(first.text, again.text)
+  np.testing.assert_array_equal(first.features["mor"], again.features["mor"])
 
-  # The swapped pair is a different config with the modalities exchanged.
+  # The swapped pair is a different config with the modalities in the other order.
   swapped = load_split("uci_mfeat/mor_kar", "test", tmp_path)
-  np.testing.assert_array_equal(swapped.image, first.text)
+  assert swapped.modalities == ("mor", "kar")
+  np.testing.assert_array_equal(swapped.features["mor"], first.features["mor"])
 
   row = int(first.ids[0])
   edit_cell(tmp_path, "mor", row, 0, "123.5")
@@ -123,7 +172,7 @@ def test_synthetic_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
   stat = path.stat()
   os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
   edited = load_split("uci_mfeat/kar_mor", "test", tmp_path)
-  assert edited.text[0, 0] == np.float32(123.5)
+  assert edited.features["mor"][0, 0] == np.float32(123.5)
 
 
 def test_missing_file(tmp_path):
@@ -159,6 +208,15 @@ def test_different_row_counts(tmp_path):
   write_view(tmp_path, "fou")
   write_view(tmp_path, "mor", rows=90)
   assert_data_error(tmp_path, "uci_mfeat/fou_mor", "mfeat-fou.csv has 100", "mfeat-mor.csv has 90")
+
+
+def test_three_synthetic_views_check_every_file(tmp_path):
+  for seed, view in enumerate(("zer", "fac", "mor")):
+    write_view(tmp_path, view, seed=seed)
+  split = load_split("uci_mfeat/zer_fac_mor", "validation", tmp_path)
+  assert split.modalities == ("zer", "fac", "mor") and len(split) == 20
+  edit_cell(tmp_path, "mor", 4, -1, "7")  # the third file disagrees with the first
+  assert_data_error(tmp_path, "uci_mfeat/zer_fac_mor", "mfeat-zer.csv and", "mfeat-mor.csv")
 
 
 @pytest.mark.parametrize("text, word", [("nan", "1 NaN"), ("", "1 NaN"), ("inf", "1 inf")])

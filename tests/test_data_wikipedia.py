@@ -73,9 +73,15 @@ def test_real_release_splits_and_class_counts():
     train.label.sum(axis=0) + validation.label.sum(axis=0), TRAIN_CLASS_COUNTS
   )
   for split in splits.values():
-    assert split.image.shape[1:] == (128,) and split.text.shape[1:] == (10,)
+    assert split.modalities == ("image", "text")
+    assert split.features["image"].shape[1:] == (128,) and split.features["text"].shape[1:] == (10,)
     assert split.label.shape[1:] == (10,)
-    assert split.image.dtype == split.text.dtype == split.label.dtype == np.float32
+    assert (
+      split.features["image"].dtype
+      == split.features["text"].dtype
+      == split.label.dtype
+      == np.float32
+    )
     np.testing.assert_array_equal(split.label.sum(axis=1), 1)
     assert split.class_names == tuple(CATEGORIES)
     assert all(id_.count("/") == 1 for id_ in split.ids)
@@ -86,7 +92,7 @@ def test_real_release_splits_and_class_counts():
   )
   # Test rows come in the official order.
   features = scipy.io.loadmat(DATA_DIR / "wikipedia" / "raw_features.mat")
-  np.testing.assert_allclose(test.image, features["I_te"], rtol=1e-6)
+  np.testing.assert_allclose(test.features["image"], features["I_te"], rtol=1e-6)
   first_line = (DATA_DIR / "wikipedia" / "testset_txt_img_cat.list").read_text().split("\n")[0]
   assert test.ids[0] == "/".join(first_line.split("\t")[:2])
 
@@ -105,7 +111,7 @@ def test_synthetic_layout_deterministic_cached_and_never_stale(tmp_path, monkeyp
   with monkeypatch.context() as patch:
     patch.setattr(mscross.data.Wikipedia, "read_source", fail)
     again = load_split("wikipedia", "train", tmp_path)
-  np.testing.assert_array_equal(train.image, again.image)
+  np.testing.assert_array_equal(train.features["image"], again.features["image"])
   np.testing.assert_array_equal(train.ids, again.ids)
 
   # An edited source is re-prepared (mtime pushed forward: not at the mercy of FS resolution).
@@ -114,7 +120,7 @@ def test_synthetic_layout_deterministic_cached_and_never_stale(tmp_path, monkeyp
   stat = path.stat()
   os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
   edited = load_split("wikipedia", "train", tmp_path)
-  np.testing.assert_allclose(edited.image, train.image + 1, rtol=1e-6)
+  np.testing.assert_allclose(edited.features["image"], train.features["image"] + 1, rtol=1e-6)
 
 
 @needs_real_data
@@ -123,7 +129,7 @@ def test_copy_of_real_release_is_prepared_separately(tmp_path):
   shutil.copytree(DATA_DIR / "wikipedia", tmp_path / "wikipedia")
   copy = load_split("wikipedia", "test", tmp_path)
   original = load_split("wikipedia", "test", DATA_DIR)
-  np.testing.assert_array_equal(copy.image, original.image)
+  np.testing.assert_array_equal(copy.features["image"], original.features["image"])
   np.testing.assert_array_equal(copy.ids, original.ids)
 
 

@@ -1,4 +1,5 @@
-"""Tests of mscross.metrics against slow per-query NumPy references and scikit-learn.
+"""Tests of the labelled ranking metrics (mscross.metrics.ranking) and of cosine similarity
+against slow per-query NumPy references and scikit-learn.
 
 The references below rank every query with its own argsort and walk the ranks in plain loops,
 sharing no code with the vectorised implementation. Test data is built so that float32 and
@@ -8,8 +9,6 @@ entries of 0 and +-1/2 (times a power of two) whose norms and dot products float
 exactly. Sizes stay within a few shape buckets, as each new bucket costs a compilation.
 """
 
-import json
-
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from sklearn.metrics import average_precision_score
 
 from mscross import metrics
 from mscross.errors import ConfigError, DataError
-from mscross.metrics import cosine_similarity, ranking_metrics, retrieval_metrics
+from mscross.metrics import cosine_similarity, ranking, ranking_metrics
 
 KS = (1, 5, 10, 50, 100)
 MAP_KS = (3, 50)
@@ -188,9 +187,17 @@ def test_cosine_similarity_matches_numpy_and_is_zero_for_zero_vectors():
   assert np.all(s[2] == 0) and np.all(s[:, 4] == 0)
 
 
+def test_normalize_is_public_and_keeps_zero_rows():
+  x = np.float32([[3, 4], [0, 0], [-1e-3, 0]])
+  for fn in (metrics.normalize, metrics.normalize_jit):
+    out = np.asarray(fn(jnp.asarray(x)))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [[0.6, 0.8], [0, 0], [-1, 0]], atol=1e-7)
+
+
 def test_descending_key_orders_like_floats_and_ties_signed_zeros():
   x = np.float32([0.5, -0.0, 0.0, -1.0, 1.0, -0.5, 3e-38, -3e-38, np.inf, -np.inf, 0.5, -0.0])
-  keys = np.asarray(metrics._descending_key(jnp.asarray(x)))
+  keys = np.asarray(ranking._descending_key(jnp.asarray(x)))
   np.testing.assert_array_equal(
     np.argsort(keys, kind="stable"), np.argsort(-x.astype(np.float64), kind="stable")
   )
@@ -324,39 +331,6 @@ def test_query_and_gallery_sizes_differ(num_q, num_g):
   check_against_references(*tied_data(8, num_q, num_g, multi_label=True), block_size=16)
 
 
-def test_retrieval_metrics_keys_directions_and_average():
-  rng = np.random.default_rng(9)
-  labels = one_hot(rng, 30, 4)
-  centers = rng.standard_normal((4, 8))
-  img = labels @ centers + rng.standard_normal((30, 8))
-  txt = labels @ centers + rng.standard_normal((30, 8))
-  got = retrieval_metrics(img, txt, labels, block_size=16)
-  names = ["map", "map@R", "map@50", "p@1", "p@5", "p@10", "p@50", "p@100"]
-  expected_keys = {f"{d}_{n}" for d in ("i2t", "t2i", "avg") for n in names}
-  assert set(got) == expected_keys | {"i2t_num_queries", "t2i_num_queries"}
-  assert all(type(v) is float for v in got.values())
-  json.dumps(got)
-  i2t = ranking_metrics(img, txt, labels, labels, block_size=16)
-  t2i = ranking_metrics(txt, img, labels, labels, block_size=16)
-  for n in names:
-    assert got[f"i2t_{n}"] == i2t[n] and got[f"t2i_{n}"] == t2i[n]
-    assert got[f"avg_{n}"] == pytest.approx((i2t[n] + t2i[n]) / 2, abs=1e-12)
-  assert got["i2t_map"] != got["t2i_map"]
-
-
-def test_retrieval_metrics_with_separate_label_sets():
-  img, txt, img_labels, txt_labels = tied_data(10, 20, 35, multi_label=True)
-  got = retrieval_metrics(
-    img, txt, img_labels=img_labels, txt_labels=txt_labels, ks=(1,), block_size=16
-  )
-  scores, relevant = cosine_np(img, txt), relevance_np(img_labels, txt_labels)
-  assert got["i2t_map"] == pytest.approx(sklearn_map(scores, relevant), abs=TOL)
-  assert got["t2i_map"] == pytest.approx(sklearn_map(scores.T, relevant.T), abs=TOL)
-  assert got["t2i_num_queries"] == relevant.any(axis=0).sum()
-  with pytest.raises(DataError):
-    retrieval_metrics(img, txt, img_labels=img_labels)
-
-
 def test_ranking_metrics_returns_python_floats():
   got = ranking_metrics(*tied_data(11, 10, 12))  # the defaults
   assert list(got) == ["map", "map@R", "map@50"] + [f"p@{k}" for k in KS] + ["num_queries"]
@@ -386,3 +360,65 @@ def test_invalid_inputs_raise(kwargs, error):
   args.update(kwargs)
   with pytest.raises(error):
     ranking_metrics(**args)
+
+
+# ----------------------------------------------------------------------------------------------
+# The CPU (NumPy) ranking path against the XLA one
+
+
+def labelled(seed, num_q, num_g, num_classes, *, dim=8, duplicates=0):
+  """Separated continuous embeddings with multi-hot labels; `duplicates` gallery rows repeat
+  earlier ones, which ties their scores exactly."""
+  rng = np.random.default_rng(seed)
+  q, g, _, _ = separated_data(seed, num_q, num_g - duplicates, dim=dim)
+  g = np.concatenate([g, g[rng.choice(len(g), duplicates, replace=False)]])
+  ql = (rng.random((num_q, num_classes)) < 0.3).astype(np.float32)
+  gl = (rng.random((num_g, num_classes)) < 0.3).astype(np.float32)
+  return q, g, ql, gl
+
+
+def both_paths(monkeypatch, *args, **kw):
+  host = metrics.ranking_metrics(*args, **kw)
+  with monkeypatch.context() as m:
+    m.setattr(ranking, "_host_ranking", lambda: False)
+    xla = metrics.ranking_metrics(*args, **kw)
+  return host, xla
+
+
+@pytest.mark.parametrize(
+  ("num_classes", "duplicates"),
+  [(4, 0), (4, 12), (70, 5)],  # 70 classes: relevance from a matmul instead of bit masks
+)
+def test_cpu_ranking_path_equals_the_xla_path(monkeypatch, num_classes, duplicates):
+  q, g, ql, gl = labelled(12, 23, 90, num_classes, duplicates=duplicates)
+  kw = {"ks": (1, 5, 90, 200), "map_ks": (3, 50), "block_size": 8}
+  host, xla = both_paths(monkeypatch, q, g, ql, gl, **kw)
+  assert host.keys() == xla.keys()
+  for name in host:
+    assert host[name] == pytest.approx(xla[name], abs=1e-6), name
+  s, rel = cosine_np(q, g), relevance_np(ql, gl)
+  aps = [average_precision_score(r, row) for row, r in zip(s, rel, strict=True) if r.any()]
+  assert host["map"] == pytest.approx(np.mean(aps), abs=1e-6)
+
+
+def test_cpu_ranking_path_on_heavy_ties(monkeypatch):
+  rng = np.random.default_rng(13)
+  q, _, _, _ = tied_data(14, 19, 1)
+  g, _, _, _ = tied_data(15, 70, 1)
+  ql = (rng.random((19, 3)) < 0.4).astype(np.float32)
+  gl = (rng.random((70, 3)) < 0.4).astype(np.float32)
+  host, xla = both_paths(monkeypatch, q, g, ql, gl, ks=(1, 10, 70), map_ks=(7,), block_size=4)
+  for name in host:
+    assert host[name] == pytest.approx(xla[name], abs=1e-6), name
+
+
+def test_default_block_size_follows_the_memory_budget():
+  assert metrics.auto_block_size(20_000, host=True) == 1024
+  big = metrics.auto_block_size(1_000_000, host=True)
+  assert big < 1024 and big & (big - 1) == 0
+  assert big * 1_000_000 * ranking._HOST_BYTES_PER_ENTRY <= metrics.MEMORY_BUDGET
+  assert metrics.auto_block_size(10**9, host=False) == 8
+  q, g, ql, gl = labelled(16, 30, 40, 3)
+  assert metrics.ranking_metrics(q, g, ql, gl) == metrics.ranking_metrics(
+    q, g, ql, gl, block_size=16
+  )

@@ -1,5 +1,6 @@
 """Data parallelism: N devices and one device at the same global batch and seed train the same
-model (both adversarial modes, random and all-pairs negatives, device- and host-fed batches);
+model (both adversarial modes, random and all-pairs negatives, device- and host-fed batches,
+populations on the data mesh);
 the trainer on 8 devices writes checkpoints that one device resumes; two processes on localhost
 train like one; the non-finite guard holds on every replica; bfloat16 compute.
 
@@ -27,18 +28,18 @@ import numpy as np
 import pytest
 
 from mscross import config as config_lib
-from mscross import data, input_pipeline, models, parallel, presets, train_step
+from mscross import data, input_pipeline, models, parallel, population, presets, train_step
 from mscross.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 D_IMG, D_TXT, C, N_EXAMPLES, BATCH, STEPS = 12, 7, 4, 64, 16, 20
 
 
-def small_config(method="acmr", mode="alternating", **overrides):
+def small_config(method="acmr", mode="alternating", size=1, **overrides):
   c = config_lib.base_config()
   c.method = method
-  c.model.img_layers = (16, 8)
-  c.model.txt_layers = (16, 8)
+  c.model.encoder_layers = (16,)
+  c.model.width = 8
   c.disc.layers = (8, 4)
   c.adv.mode = mode
   c.optim.lr = 1e-3
@@ -52,29 +53,49 @@ def small_config(method="acmr", mode="alternating", **overrides):
     )
   else:  # ACMR: random negatives; a large reg weight makes a mis-scaled reg gradient visible
     c.loss.reg = dict(weight=1e-2)
+  c.population.size = size
+  if size > 1:
+    c.population.hparams = json.dumps({"optim.lr": [1e-3 * (i + 1) for i in range(size)]})
   for key, value in overrides.items():
     section, name = key.split("__")
     c[section][name] = value
   return c
 
 
+SPEC = models.DataSpec(("image", "text"), (D_IMG, D_TXT), C)
+
+
 def synthetic_split(seed=0):
   rng = np.random.default_rng(seed)
   labels = np.eye(C, dtype=np.float32)[rng.integers(0, C, N_EXAMPLES)]
   return data.Split(
-    image=rng.normal(size=(N_EXAMPLES, D_IMG)).astype(np.float32),
-    text=rng.normal(size=(N_EXAMPLES, D_TXT)).astype(np.float32),
+    features={
+      "image": rng.normal(size=(N_EXAMPLES, D_IMG)).astype(np.float32),
+      "text": rng.normal(size=(N_EXAMPLES, D_TXT)).astype(np.float32),
+    },
     label=labels,
     ids=np.arange(N_EXAMPLES).astype(str),
     class_names=tuple(f"c{i}" for i in range(C)),
   )
 
 
-def setup(config):
-  net, disc = models.build_models(config, C)
+def setup(config, num_devices, feed="device"):
+  members = population.member_configs(config)
+  keys = population.traced_keys(members)
+  net, disc = models.build_models(config, SPEC)
   txs = train_step.make_optimizers(config)
-  state = train_step.init_state(config, net, disc, D_IMG, D_TXT, txs)
-  return net, disc, txs, state
+  state = train_step.init_population(
+    net,
+    disc,
+    SPEC,
+    txs,
+    population.member_seeds(members),
+    population.stacked_hparams(members, keys),
+  )
+  mesh = parallel.make_mesh(num_devices)
+  step_fn = train_step.make_step(config, net, disc, txs, 50, axis_name=parallel.AXIS)
+  loop = parallel.TrainLoop(step_fn, mesh, N_EXAMPLES, BATCH, feed=feed, host_steps=8)
+  return loop, parallel.replicate(state, mesh)
 
 
 def flat(tree):
@@ -83,44 +104,24 @@ def flat(tree):
 
 # --- run in a subprocess with fake CPU devices ------------------------------------------------
 
-# (method, adversarial mode, devices, feed); each is compared with the single-device run.
+# (method, adversarial mode, devices, feed, population); each is compared with the same
+# population on a mesh of one device.
 CASES = [
-  ("acmr", "alternating", 8, "device"),  # random negatives: the same draws on every device
-  ("acmr", "alternating", 2, "host"),
-  ("mnsgan", "alternating", 8, "device"),  # all-pairs negatives over the global batch
-  ("mnsgan", "reversal", 8, "device"),
+  ("acmr", "alternating", 8, "device", 1),  # random negatives: the same draws on every device
+  ("mnsgan", "alternating", 8, "device", 1),  # all-pairs negatives over the global batch
+  ("mnsgan", "reversal", 8, "device", 1),
+  ("mnsgan", "alternating", 4, "device", 3),  # population axis x data axis
+  ("acmr", "alternating", 2, "host", 2),
 ]
 
 
-def _train_single(config, split, key):
-  net, disc, txs, state = setup(config)
-  step_fn = train_step.make_train_step(config, net, disc, txs, int(config.train.steps))
-  chunk = train_step.make_train_chunk(step_fn, key, N_EXAMPLES, BATCH)
-  arrays = input_pipeline.device_arrays(split)
+def _train(config, split, num_devices, feed):
+  loop, state = setup(config, num_devices, feed)
+  data_ = loop.data(split)
   history = []
   for _ in range(STEPS):
-    state, m = chunk(state, arrays, 1)
-    history.append({k: float(v) for k, v in jax.device_get(m).items()})
-  return state, history
-
-
-def _parallel_chunk(config, split, key, num_devices, feed):
-  net, disc, txs, state = setup(config)
-  mesh = parallel.make_mesh(num_devices)
-  step_fn = train_step.make_train_step(
-    config, net, disc, txs, int(config.train.steps), axis_name=parallel.AXIS
-  )
-  chunk, data = parallel.make_parallel_chunk(
-    step_fn, mesh, key, split, BATCH, feed=feed, host_steps=8
-  )
-  return chunk, data, parallel.replicate(state, mesh)
-
-
-def _train_parallel(chunk, data, state):
-  history = []
-  for _ in range(STEPS):
-    state, m = chunk(state, data, 1)
-    history.append({k: float(v) for k, v in parallel.to_host(m).items()})  # blocks
+    state, m = loop(state, data_, 1)
+    history.append({k: np.asarray(v, np.float64).tolist() for k, v in parallel.to_host(m).items()})
   return state, history
 
 
@@ -132,47 +133,46 @@ def _replicas_identical(state) -> bool:
   return all(same(x) for x in jax.tree.leaves(state))
 
 
-def _nonfinite_guard(chunk, split, key, state):
+def _nonfinite_guard(split):
   """A NaN in ONE device's rows at step 0: every replica skips the step and stays identical."""
-  first = input_pipeline.host_batch_indices(key, 0, 1, N_EXAMPLES, BATCH)[0]
-  image = split.image.copy()
+  config = small_config("mnsgan")
+  loop, state = setup(config, 8)
+  key = parallel.to_host(state.data_key)[0]
+  first = np.asarray(input_pipeline.batch_indices(key, 0, N_EXAMPLES, BATCH))
+  image = split.features["image"].copy()
   image[int(first[BATCH - 1]), 0] = np.nan  # the last device's last row
-  bad = {"image": image, "text": split.text, "label": split.label}
+  bad = data.Split({"image": image, "text": split.features["text"]}, split.label, split.ids, ())
   before = flat(parallel.to_host(state.params))
-  state, _ = chunk(state, parallel.replicate(bad, state.step.sharding.mesh), 1)
+  state, _ = loop(state, loop.data(bad), 1)
   host = parallel.to_host(state)
   return {
-    "skipped": int(host.skipped),
-    "nonfinite_run": int(host.nonfinite_run),
+    "skipped": int(host.skipped[0]),
+    "nonfinite_run": int(host.nonfinite_run[0]),
     "params_unchanged": bool(np.array_equal(flat(host.params), before)),
     "replicas_identical": _replicas_identical(state),
   }
 
 
 def _equivalence():
-  split, key, cases, singles = synthetic_split(), jax.random.PRNGKey(7), {}, {}
-  guard = None
-  for method, mode, num_devices, feed in CASES:
-    config = small_config(method, mode)
+  split, cases, singles = synthetic_split(), {}, {}
+  for method, mode, num_devices, feed, size in CASES:
+    config = small_config(method, mode, size)
     t0 = time.perf_counter()
-    if (method, mode) not in singles:
-      singles[method, mode] = _train_single(config, split, key)
-    single, h1 = singles[method, mode]
-    chunk, data, state0 = _parallel_chunk(config, split, key, num_devices, feed)
-    multi, hn = _train_parallel(chunk, data, state0)
-    p1, pn = flat(single.params), flat(parallel.to_host(multi.params))
-    cases[f"{method}-{mode}-{num_devices}-{feed}"] = {
+    if (method, mode, size) not in singles:
+      singles[method, mode, size] = _train(config, split, 1, "device")
+    single, h1 = singles[method, mode, size]
+    multi, hn = _train(config, split, num_devices, feed)
+    p1, pn = flat(parallel.to_host(single.params)), flat(parallel.to_host(multi.params))
+    start = flat(parallel.to_host(setup(config, 1)[1].params))
+    cases[f"{method}-{mode}-{num_devices}-{feed}-{size}"] = {
       "param_max_abs_diff": float(np.max(np.abs(p1 - pn))),
-      "moved": float(np.max(np.abs(p1 - flat(setup(config)[3].params)))),
+      "moved": float(np.max(np.abs(p1 - start))),
       "metrics": {k: [[a[k] for a in h1], [b[k] for b in hn]] for k in h1[0]},
       "replicas_identical": _replicas_identical(multi),
-      "steps": int(parallel.to_host(multi.step)),
+      "steps": int(parallel.to_host(multi.step)[0]),
       "seconds": time.perf_counter() - t0,
     }
-    if guard is None and feed == "device" and num_devices == 8 and method == "mnsgan":
-      _, _, fresh = _parallel_chunk(config, split, key, num_devices, feed)
-      guard = _nonfinite_guard(chunk, split, key, fresh)
-  return {"cases": cases, "guard": guard}
+  return {"cases": cases, "guard": _nonfinite_guard(split)}
 
 
 def _bfloat16():
@@ -180,15 +180,25 @@ def _bfloat16():
   c32, c16 = small_config("mnsgan"), small_config("mnsgan")
   c16.model.dtype = "bfloat16"
   config_lib.validate(c16)
-  net16, disc16, txs, state = setup(c16)
-  net32, _ = models.build_models(c32, C)
+  net16, disc16 = models.build_models(c16, SPEC)
+  net32, _ = models.build_models(c32, SPEC)
+  txs = train_step.make_optimizers(c16)
+  members = population.member_configs(c16)
+  keys = population.traced_keys(members)
+  state = train_step.init_population(
+    net16, disc16, SPEC, txs, [0], population.stacked_hparams(members, keys)
+  )
+  state = jax.tree.map(lambda x: x[0], state)
   split = synthetic_split()
-  batch = {k: jnp.asarray(getattr(split, k)[:BATCH]) for k in ("image", "text", "label")}
-  out16 = net16.apply({"params": state.params["gen"]}, batch["image"], batch["text"])
-  out32 = net32.apply({"params": state.params["gen"]}, batch["image"], batch["text"])
-  logits = disc16.apply({"params": state.params["disc"]}, out16["img"])
+  batch = {
+    "inputs": {m: jnp.asarray(x[:BATCH]) for m, x in split.features.items()},
+    "label": jnp.asarray(split.label[:BATCH]),
+  }
+  out16 = net16.apply({"params": state.params["gen"]}, batch["inputs"])
+  out32 = net32.apply({"params": state.params["gen"]}, batch["inputs"])
+  logits = disc16.apply({"params": state.params["disc"]}, out16["emb"])
   before = flat(state.params)
-  step = jax.jit(train_step.make_train_step(c16, net16, disc16, txs, 50))
+  step = jax.jit(train_step.make_step(c16, net16, disc16, txs, 50))
   finite = True
   for _ in range(5):
     state, m = step(state, batch)
@@ -210,8 +220,8 @@ def _bfloat16():
 def tiny_trainer_config(steps=20):
   """configs/default.py with test_cli's TINY overrides (so train.py can run the same)."""
   c = presets.build("mnsgan", "digits")
-  c.model.img_layers = (32, 16)
-  c.model.txt_layers = (32, 16)
+  c.model.encoder_layers = (32,)
+  c.model.width = 16
   c.train.steps = steps
   c.train.eval_every = 10
   c.train.checkpoint_every = 10
@@ -219,14 +229,14 @@ def tiny_trainer_config(steps=20):
 
 
 def _trainer(workdir):
-  from mscross import evaluate, trainer
+  from mscross import trained, trainer
 
   wd8, wd1 = os.path.join(workdir, "eight"), os.path.join(workdir, "one")
   config = tiny_trainer_config()
   config.parallel.num_devices = 8
   result = trainer.train_and_evaluate(config, wd8)
-  # evaluate_workdir restores into a single-device state.
-  restored = evaluate.evaluate_workdir(wd8, split="test")
+  # evaluate_workdir restores onto one device.
+  restored, _ = trained.evaluate_workdir(wd8, split="test")
   # Resume the 8-device run's step-20 checkpoint on ONE device, 10 more steps.
   shutil.copytree(wd8, wd1)
   os.remove(os.path.join(wd1, "metrics.json"))
@@ -234,8 +244,16 @@ def _trainer(workdir):
   config.parallel.num_devices = 1
   resumed = trainer.train_and_evaluate(config, wd1)
   with open(os.path.join(wd1, "history.jsonl")) as f:
-    steps = [json.loads(line)["step"] for line in f]
-  return {"eight": result, "restored": restored, "resumed": resumed, "resumed_steps": steps}
+    records = [json.loads(line) for line in f]
+  steps = [r["step"] for r in records if "config_change" not in r]
+  changes = [r["config_change"] for r in records if "config_change" in r]
+  return {
+    "eight": result,
+    "restored": restored,
+    "resumed": resumed,
+    "resumed_steps": steps,
+    "changes": changes,
+  }
 
 
 def _main(argv):
@@ -289,7 +307,7 @@ def equivalence():
   return _script("equivalence", "8")
 
 
-@pytest.mark.parametrize("case", [f"{m}-{a}-{n}-{f}" for m, a, n, f in CASES])
+@pytest.mark.parametrize("case", ["-".join(map(str, c)) for c in CASES])
 def test_data_parallel_trains_like_one_device(equivalence, case):
   r = equivalence["cases"][case]
   assert r["steps"] == STEPS
@@ -299,17 +317,17 @@ def test_data_parallel_trains_like_one_device(equivalence, case):
     np.testing.assert_allclose(many, one, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("case", [f"{m}-{a}-{n}-{f}" for m, a, n, f in CASES])
+@pytest.mark.parametrize("case", ["-".join(map(str, c)) for c in CASES])
 def test_gradients_are_the_single_device_gradients(equivalence, case):
   # Adam hides a uniform gradient factor (it normalises by the gradient's scale), so a wrong
   # all-gather/pmean scaling would hardly show in the weights: compare the gradient norms.
   r = equivalence["cases"][case]
   for name in ("grad_norm_gen", "grad_norm_disc"):
     one, many = r["metrics"][name]
-    assert min(one) > 0 or name == "grad_norm_disc"
+    assert np.min(one) > 0 or name == "grad_norm_disc"
     np.testing.assert_allclose(many, one, rtol=1e-5, err_msg=name)
   # The Frobenius regulariser (a parameter-only term) is part of the generator's loss here.
-  assert min(r["metrics"]["loss_reg"][0]) > 0
+  assert np.min(r["metrics"]["loss_reg"][0]) > 0
 
 
 def test_replicas_never_diverge(equivalence):
@@ -341,7 +359,9 @@ def test_trainer_checkpoint_from_eight_devices_restores_on_one(eight_device_run)
   for key, value in r["eight"]["test"].items():
     assert r["restored"][key] == pytest.approx(value, abs=1e-6), key
   assert r["resumed_steps"] == [10, 20, 30]  # resumed at 20 on one device
-  assert r["resumed"]["steps"] == 30 and r["resumed"]["skipped_steps"] == 0
+  # Safe changes need no flag, and are recorded all the same.
+  assert r["changes"] == [{"parallel.num_devices": [8, 1], "train.steps": [20, 30]}]
+  assert r["resumed"]["steps"] == 30 and r["resumed"]["members"][0]["skipped_steps"] == 0
 
 
 def _free_port() -> int:
@@ -360,8 +380,9 @@ def test_two_processes_train_like_eight_devices(eight_device_run, tmp_path):
     "--config.train.steps=20",
     "--config.train.eval_every=10",
     "--config.train.checkpoint_every=10",
-    "--config.model.img_layers=(32,16)",
-    "--config.model.txt_layers=(32,16)",
+    "--config.model.encoder_layers=(32,)",
+    "--config.model.width=16",
+    "--nocompilation_cache",
   ]
   procs = [
     subprocess.Popen(
@@ -434,7 +455,7 @@ def test_bfloat16_trains_with_float32_params_and_close_outputs(equivalence):
   for name, (diff, scale) in r["output_diff"].items():
     assert diff < 0.05 * (1 + scale), (name, diff)
   # The Dense layers really computed in bfloat16 (about 3 significant digits), not float32.
-  assert r["output_diff"]["img"][0] > 1e-5
+  assert r["output_diff"]["emb"][0] > 1e-5
   assert r["finite"] and r["skipped"] == 0 and r["moved"] > 1e-4
   assert r["state_dtypes"] == ["float32"]  # params and Adam moments
 
@@ -442,5 +463,5 @@ def test_bfloat16_trains_with_float32_params_and_close_outputs(equivalence):
 def test_unknown_dtype_is_a_config_error():
   c = small_config()
   c.model.dtype = "float16"
-  with pytest.raises(ConfigError, match="dtype"):
+  with pytest.raises(ConfigError, match="model.dtype"):
     config_lib.validate(c)

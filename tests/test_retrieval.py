@@ -1,5 +1,4 @@
-"""Tests of mscross.retrieval (top-k search, persistence, eval.py --topk) and of the CPU ranking
-path of mscross.metrics against its XLA twin.
+"""Tests of mscross.retrieval: top-k search, persistence, export folders and top-k files.
 
 Search results are checked against a stable argsort of float64 similarities. Test data keeps the
 two orders equal: tied embeddings use entries 0 and +-1/2, whose norms and dot products float32
@@ -8,18 +7,13 @@ closer than float32 rounding could swap.
 """
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score
 
-from mscross import metrics, retrieval
+from mscross import retrieval
 from mscross.errors import ConfigError, DataError
 from mscross.retrieval import Index
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def unit_np(x):
@@ -213,21 +207,30 @@ def test_load_errors(tmp_path):
 
 def test_from_export_reads_numpy_files(tmp_path):
   rng = np.random.default_rng(10)
-  img, txt = rng.standard_normal((2, 9, 4)).astype(np.float32)
+  img, txt, aud = rng.standard_normal((3, 9, 4)).astype(np.float32)
   ids = np.array([f"pair{i}" for i in range(9)])
   labels = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 9)]
-  for name, array in (("img_emb", img), ("txt_emb", txt), ("ids", ids), ("labels", labels)):
+  arrays = {"emb_image": img, "emb_text": txt, "emb_audio": aud, "ids": ids, "labels": labels}
+  for name, array in arrays.items():
     np.save(tmp_path / f"{name}.npy", array)
+  assert retrieval.export_modalities(str(tmp_path)) == ["audio", "image", "text"]
+  assert retrieval.export_file_name("audio") == "emb_audio.npy"
   image_index = Index.from_export(str(tmp_path), "image")
   text_index = Index.from_export(str(tmp_path), "text")
+  audio_index = Index.from_export(str(tmp_path), "audio")
   np.testing.assert_allclose(image_index.embeddings, unit_np(img), atol=1e-6)
   np.testing.assert_allclose(text_index.embeddings, unit_np(txt), atol=1e-6)
+  np.testing.assert_allclose(audio_index.embeddings, unit_np(aud), atol=1e-6)
   np.testing.assert_array_equal(text_index.ids, ids)
   np.testing.assert_array_equal(text_index.labels, labels)
   assert text_index.search_ids(img[:1], 1) == [[ids[np.argmax(unit_np(img[:1]) @ unit_np(txt).T)]]]
 
-  with pytest.raises(ConfigError, match="modality"):
-    Index.from_export(str(tmp_path), "audio")
+  with pytest.raises(DataError, match="available modalities: audio, image, text") as info:
+    Index.from_export(str(tmp_path), "video")
+  assert "\n" not in str(info.value)
+  for bad in ("", "../emb_text", "a/b"):
+    with pytest.raises(ConfigError, match="plain name"):
+      Index.from_export(str(tmp_path), bad)
   with pytest.raises(DataError, match="no export folder"):
     Index.from_export(str(tmp_path / "missing"), "text")
   np.save(tmp_path / "ids.npy", np.array(list(ids), dtype=object), allow_pickle=True)
@@ -235,130 +238,91 @@ def test_from_export_reads_numpy_files(tmp_path):
     Index.from_export(str(tmp_path), "text")
   os.remove(tmp_path / "ids.npy")
   assert Index.from_export(str(tmp_path), "text").ids is None
-  os.remove(tmp_path / "txt_emb.npy")
-  with pytest.raises(DataError, match="txt_emb.npy"):
-    Index.from_export(str(tmp_path), "text")
+
+
+def test_from_export_of_unlabelled_data(tmp_path):
+  # Unlabelled exports have no labels.npy.
+  rng = np.random.default_rng(18)
+  np.save(tmp_path / "emb_left.npy", rng.standard_normal((5, 3)).astype(np.float32))
+  np.save(tmp_path / "ids.npy", np.array([f"x{i}" for i in range(5)]))
+  index = Index.from_export(str(tmp_path), "left")
+  assert index.labels is None and len(index) == 5
+  with pytest.raises(DataError, match="available modalities: left$"):
+    Index.from_export(str(tmp_path), "right")
 
 
 # ----------------------------------------------------------------------------------------------
-# eval.py --topk
+# Top-k files
 
 
-def test_write_topk_files(tmp_path):
-  img, txt = separated(11, 7, 7)
-  ids = [f"p{i}" for i in range(6)] + ["tab\there"]
-  paths = retrieval.write_topk_files(str(tmp_path), img, txt, ids, k=3)
-  for direction, queries, gallery in (("i2t", img, txt), ("t2i", txt, img)):
-    indices = np.load(paths[f"{direction}_indices"])
-    scores = np.load(paths[f"{direction}_scores"])
-    expected_scores, expected_indices = topk_np(queries, gallery, 3)
+def check_topk_files(paths, embeddings, ids, directions, k):
+  """Every direction's files against a stable argsort; `directions` as (key, query, gallery)."""
+  clean = [" ".join(i.split()) for i in ids]
+  n = len(ids)
+  assert set(paths) == {f"{key}_{kind}" for key, _, _ in directions for kind in KINDS}
+  for key, q, g in directions:
+    assert os.path.basename(paths[f"{key}_tsv"]) == f"{key}.tsv"
+    indices = np.load(paths[f"{key}_indices"])
+    scores = np.load(paths[f"{key}_scores"])
+    expected_scores, expected_indices = topk_np(embeddings[q], embeddings[g], k)
+    assert indices.dtype == np.int64 and scores.dtype == np.float32
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
-    with open(paths[f"{direction}_tsv"], encoding="utf-8") as f:
+    with open(paths[f"{key}_tsv"], encoding="utf-8") as f:
       lines = f.read().splitlines()
-    assert lines[0] == "query_id\trank\tgallery_id\tscore" and len(lines) == 1 + 7 * 3
+    k_eff = min(k, n)
+    assert lines[0] == "query_id\trank\tgallery_id\tscore" and len(lines) == 1 + n * k_eff
     rows = [line.split("\t") for line in lines[1:]]
     assert all(len(row) == 4 for row in rows)
-    clean = [i.replace("\t", " ") for i in ids]
-    assert rows[4] == [clean[1], "2", clean[indices[1, 1]], f"{scores[1, 1]:.6f}"]
-  with pytest.raises(DataError, match="one id per pair"):
-    retrieval.write_topk_files(str(tmp_path), img, txt, ids[:3], k=3)
+    for query in (0, n - 1):
+      for rank in (1, k_eff):
+        row = rows[query * k_eff + rank - 1]
+        j = indices[query, rank - 1]
+        assert row == [clean[query], str(rank), clean[j], f"{scores[query, rank - 1]:.6f}"]
 
 
-@pytest.mark.slow
-def test_eval_topk_on_a_trained_run(tmp_path):
-  from mscross import config as config_lib
-  from mscross import evaluate, trainer
+KINDS = ("indices", "scores", "tsv")
 
-  c = config_lib.base_config()
-  c.data.name = "digits_halves"
-  c.model.img_layers, c.model.txt_layers, c.disc.layers = (32, 16), (32, 16), (8, 4)
-  c.train.batch_size, c.train.steps = 32, 10
-  c.train.eval_every = c.train.checkpoint_every = 10
-  workdir = str(tmp_path / "run")
-  trainer.train_and_evaluate(c, workdir)
 
-  out = retrieval.write_topk(workdir, split="test", k=5)
-  assert out == os.path.join(workdir, "topk_test")
-  evaluate.evaluate_workdir(workdir, split="test", export_dir=str(tmp_path / "emb"))
-  text = Index.from_export(str(tmp_path / "emb"), "text")
-  img = np.load(tmp_path / "emb" / "img_emb.npy")
-  np.testing.assert_array_equal(
-    np.load(os.path.join(out, "i2t_indices.npy")), text.search(img, 5)[1]
+def test_write_topk_files_two_modalities(tmp_path):
+  img, txt = separated(11, 7, 7)
+  ids = [f"p{i}" for i in range(6)] + ["tab\there"]
+  embeddings = {"image": img, "text": txt}
+  paths = retrieval.write_topk_files(str(tmp_path), embeddings, ids, k=3)
+  # Two modalities keep the keys i2t and t2i.
+  check_topk_files(paths, embeddings, ids, [("i2t", "image", "text"), ("t2i", "text", "image")], 3)
+  with pytest.raises(DataError, match="one id per item"):
+    retrieval.write_topk_files(str(tmp_path), embeddings, ids[:3], k=3)
+  with pytest.raises(ConfigError, match="k must"):
+    retrieval.write_topk_files(str(tmp_path), embeddings, ids, k=0)
+
+
+def test_write_topk_files_three_modalities_with_ties(tmp_path):
+  n = 12
+  embeddings = {"image": tied(20, n), "text": tied(21, n), "audio": tied(22, n)}
+  ids = np.array([f"item {i}" for i in range(n)])
+  paths = retrieval.write_topk_files(str(tmp_path / "all"), embeddings, ids, k=20)
+  directions = [
+    ("image2text", "image", "text"),
+    ("image2audio", "image", "audio"),
+    ("text2image", "text", "image"),
+    ("text2audio", "text", "audio"),
+    ("audio2image", "audio", "image"),
+    ("audio2text", "audio", "text"),
+  ]
+  check_topk_files(paths, embeddings, ids, directions, 20)  # k clipped to the 12 items
+  assert sorted(os.listdir(tmp_path / "all")) == sorted(
+    f"{key}{suffix}"
+    for key, _, _ in directions
+    for suffix in ("_indices.npy", "_scores.npy", ".tsv")
   )
-  with open(os.path.join(out, "t2i.tsv"), encoding="utf-8") as f:
-    assert len(f.read().splitlines()) == 1 + 5 * len(img)
-
-  # The command line writes the same files.
-  cli = subprocess.run(
-    [sys.executable, "eval.py", f"--workdir={workdir}", "--split=validation", "--topk=2"],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    check=False,
-  )
-  assert cli.returncode == 0, cli.stderr
-  assert np.load(os.path.join(workdir, "topk_validation", "t2i_scores.npy")).shape[1] == 2
-  with pytest.raises(ConfigError, match="--topk"):
-    retrieval.write_topk(workdir, k=0)
-
-
-# ----------------------------------------------------------------------------------------------
-# metrics: the CPU (NumPy) ranking path against the XLA one
-
-
-def labelled(seed, num_q, num_g, num_classes, *, dim=8, duplicates=0):
-  """Separated continuous embeddings with multi-hot labels; `duplicates` gallery rows repeat
-  earlier ones, which ties their scores exactly."""
-  rng = np.random.default_rng(seed)
-  q, g = separated(seed, num_q, num_g - duplicates, dim)
-  g = np.concatenate([g, g[rng.choice(len(g), duplicates, replace=False)]])
-  ql = (rng.random((num_q, num_classes)) < 0.3).astype(np.float32)
-  gl = (rng.random((num_g, num_classes)) < 0.3).astype(np.float32)
-  return q, g, ql, gl
-
-
-def both_paths(monkeypatch, *args, **kw):
-  host = metrics.ranking_metrics(*args, **kw)
-  with monkeypatch.context() as m:
-    m.setattr(metrics, "_host_ranking", lambda: False)
-    xla = metrics.ranking_metrics(*args, **kw)
-  return host, xla
-
-
-@pytest.mark.parametrize(
-  ("num_classes", "duplicates"),
-  [(4, 0), (4, 12), (70, 5)],  # 70 classes: relevance from a matmul instead of bit masks
-)
-def test_cpu_ranking_path_equals_the_xla_path(monkeypatch, num_classes, duplicates):
-  q, g, ql, gl = labelled(12, 23, 90, num_classes, duplicates=duplicates)
-  kw = {"ks": (1, 5, 90, 200), "map_ks": (3, 50), "block_size": 8}
-  host, xla = both_paths(monkeypatch, q, g, ql, gl, **kw)
-  assert host.keys() == xla.keys()
-  for name in host:
-    assert host[name] == pytest.approx(xla[name], abs=1e-6), name
-  s, rel = unit_np(q) @ unit_np(g).T, (ql @ gl.T) > 0
-  aps = [average_precision_score(r, row) for row, r in zip(s, rel, strict=True) if r.any()]
-  assert host["map"] == pytest.approx(np.mean(aps), abs=1e-6)
-
-
-def test_cpu_ranking_path_on_heavy_ties(monkeypatch):
-  rng = np.random.default_rng(13)
-  q, g = tied(14, 19), tied(15, 70)
-  ql = (rng.random((19, 3)) < 0.4).astype(np.float32)
-  gl = (rng.random((70, 3)) < 0.4).astype(np.float32)
-  host, xla = both_paths(monkeypatch, q, g, ql, gl, ks=(1, 10, 70), map_ks=(7,), block_size=4)
-  for name in host:
-    assert host[name] == pytest.approx(xla[name], abs=1e-6), name
-
-
-def test_default_block_size_follows_the_memory_budget():
-  assert metrics.auto_block_size(20_000, host=True) == 1024
-  big = metrics.auto_block_size(1_000_000, host=True)
-  assert big < 1024 and big & (big - 1) == 0
-  assert big * 1_000_000 * metrics._HOST_BYTES_PER_ENTRY <= metrics.MEMORY_BUDGET
-  assert metrics.auto_block_size(10**9, host=False) == 8
-  q, g, ql, gl = labelled(16, 30, 40, 3)
-  assert metrics.ranking_metrics(q, g, ql, gl) == metrics.ranking_metrics(
-    q, g, ql, gl, block_size=16
-  )
+  # Only the directions asked for.
+  some = [("a_to_t", "audio", "text")]
+  paths = retrieval.write_topk_files(str(tmp_path / "some"), embeddings, ids, 2, directions=some)
+  check_topk_files(paths, embeddings, ids, some, 2)
+  with pytest.raises(DataError, match="video"):
+    retrieval.write_topk_files(
+      str(tmp_path), embeddings, ids, 2, directions=[("x", "video", "text")]
+    )
+  with pytest.raises(DataError, match="at least two modalities"):
+    retrieval.write_topk_files(str(tmp_path), {"image": embeddings["image"]}, ids, 2)

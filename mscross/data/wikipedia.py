@@ -16,6 +16,7 @@ from mscross.errors import DataError
 IMAGE_DIM = 128
 TEXT_DIM = 10
 NUM_CLASSES = 10
+MODALITIES = ("image", "text")
 VALIDATION_FRACTION = 0.1
 
 FEATURES_FILE = "raw_features.mat"
@@ -57,7 +58,11 @@ def _read_categories(path: Path) -> tuple[str, ...]:
 
 
 class Wikipedia(base.PairedBuilder, skip_registration=True):
-  """Wikipedia image-text pairs: 128-d SIFT BoVW images, 10-d LDA texts, 10 classes.
+  """Wikipedia image-text pairs: modality `image` (128-d SIFT BoVW), `text` (10-d LDA), 10 classes.
+
+  Reads <data_dir>/wikipedia/: raw_features.mat (variables I_tr, T_tr, I_te, T_te),
+  trainset_txt_img_cat.list and testset_txt_img_cat.list (`<text id>\t<image id>\t<class 1-10>`
+  per line, rows aligned with the features) and categories.list (the class names).
 
   Official test split (693 pairs) is `test`; `validation` is a seeded (seed 0),
   class-stratified 10% of the official train split (2,173 pairs), the rest is `train`.
@@ -71,15 +76,18 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
   )
 
   @classmethod
+  def modalities_for(cls, config_name: str | None) -> tuple[str, ...]:
+    del config_name
+    return MODALITIES
+
+  @classmethod
   def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
     del config_name
     return checks.require_files(Path(source_dir), FILES)
 
-  def dims(self) -> tuple[int, int, int]:
-    return IMAGE_DIM, TEXT_DIM, NUM_CLASSES
-
-  def read_source(self, source_dir: Path | None) -> dict[str, base.Split]:
-    features_path, train_path, test_path, categories_path = self.source_files(source_dir, None)
+  def read_source(self) -> dict[str, base.Split]:
+    paths = self.source_files(self._source_dir, None)
+    features_path, train_path, test_path, categories_path = paths
     class_names = _read_categories(categories_path)
     arrays = checks.load_mat(features_path, ["I_tr", "T_tr", "I_te", "T_te"])
     official = {}
@@ -94,14 +102,11 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
       label = checks.one_hot(
         checks.class_indices(classes, 1, NUM_CLASSES, str(list_path)), NUM_CLASSES
       )
-      official[split] = base.Split(image, text, label, np.asarray(ids), class_names)
+      official[split] = base.Split(
+        {"image": image, "text": text}, label, np.asarray(ids, dtype=str), class_names
+      )
 
-    train = official["train"]
-    kept, held = base.holdout(
-      np.arange(len(train.ids)), VALIDATION_FRACTION, np.argmax(train.label, 1), str(train_path)
+    train, validation = base.carve_validation(
+      official["train"], VALIDATION_FRACTION, str(train_path)
     )
-    return {
-      "train": base.subset(train, kept),
-      "validation": base.subset(train, held),
-      "test": official["test"],
-    }
+    return {"train": train, "validation": validation, "test": official["test"]}
