@@ -17,14 +17,22 @@ import os
 from typing import Any
 
 import jax
-import orbax.checkpoint as ocp
 
 from mscross.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
 
-def _manager(directory: str, keep: int, read_only: bool) -> ocp.CheckpointManager:
+def _ocp():
+  # Imported on first use: Orbax takes a fifth of a second to import, and a fresh run has
+  # nothing to restore before its first step.
+  import orbax.checkpoint as ocp
+
+  return ocp
+
+
+def _manager(directory: str, keep: int, read_only: bool):
+  ocp = _ocp()
   opts = ocp.CheckpointManagerOptions(
     preservation_policy=ocp.checkpoint_managers.LatestN(keep),
     create=not read_only,
@@ -43,12 +51,32 @@ class CheckpointStore:
     root = os.path.join(workdir, "checkpoints")
     if read_only and not os.path.isdir(root):
       raise CheckpointError(f"no checkpoints in {workdir!r}: run train.py with this workdir first")
-    self.latest = _manager(os.path.join(root, "latest"), keep, read_only)
-    self.best = _manager(os.path.join(root, "best"), 1, read_only)
+    self._dirs = {"latest": os.path.join(root, "latest"), "best": os.path.join(root, "best")}
+    self._keep = {"latest": keep, "best": 1}
+    self._read_only = read_only
+    self._managers = {}
+
+  def _get(self, which: str):
+    if which not in self._managers:
+      self._managers[which] = _manager(self._dirs[which], self._keep[which], self._read_only)
+    return self._managers[which]
+
+  @property
+  def latest(self):
+    return self._get("latest")
+
+  @property
+  def best(self):
+    return self._get("best")
+
+  def _empty(self, which: str) -> bool:
+    folder = self._dirs[which]
+    return which not in self._managers and not (os.path.isdir(folder) and os.listdir(folder))
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for mngr in self._managers.values():
+      mngr.close()
+    self._managers = {}
 
   def __enter__(self) -> CheckpointStore:
     return self
@@ -57,7 +85,8 @@ class CheckpointStore:
     self.close()
 
   @staticmethod
-  def _save(mngr: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
+  def _save(mngr, step: int, state: Any, meta: dict) -> None:
+    ocp = _ocp()
     mngr.save(
       step,
       args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -77,7 +106,8 @@ class CheckpointStore:
     self._save(self.best, step, state, meta)
 
   @staticmethod
-  def _restore(mngr: ocp.CheckpointManager, target: Any, which: str):
+  def _restore(mngr, target: Any, which: str):
+    ocp = _ocp()
     steps = sorted(mngr.all_steps(), reverse=True)
     if not steps:
       return None
@@ -116,11 +146,11 @@ class CheckpointStore:
 
   def restore_latest(self, target: Any):
     """(step, state, meta) of the newest readable `latest` checkpoint, or None if there is none."""
-    return self._restore(self.latest, target, "latest")
+    return None if self._empty("latest") else self._restore(self.latest, target, "latest")
 
   def restore_best(self, target: Any):
     """(step, state, meta) of the best-on-validation checkpoint, or None if there is none."""
-    return self._restore(self.best, target, "best")
+    return None if self._empty("best") else self._restore(self.best, target, "best")
 
 
 def _check_structure(restored: Any, target: Any, which: str, step: int) -> None:
@@ -153,8 +183,8 @@ def _stored_shapes(directory, step: int) -> dict[str, tuple] | None:
   """{leaf path: shape} of a saved state, from its metadata alone (None if unreadable: the
   restore then tries, and falls back as for any damaged save)."""
   try:
-    meta = ocp.StandardCheckpointer().metadata(
-      os.path.join(os.fspath(directory), str(step), "state")
+    meta = (
+      _ocp().StandardCheckpointer().metadata(os.path.join(os.fspath(directory), str(step), "state"))
     )
     tree = getattr(meta, "item_metadata", meta)
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]

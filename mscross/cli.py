@@ -67,6 +67,9 @@ def enable_compilation_cache(enabled: bool) -> None:
     root = configured or os.path.join(os.path.expanduser("~"), ".cache", "mscross")
     path = os.path.join(root, "jax")
   jax.config.update("jax_compilation_cache_dir", path)
+  from mscross import program_cache
+
+  program_cache.DIRECTORY = os.path.join(path, "programs")
   # Every program counts: the small ones are what a run recompiles most.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

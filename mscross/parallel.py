@@ -38,7 +38,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mscross import input_pipeline
+from mscross import input_pipeline, program_cache
 from mscross.errors import ConfigError
 
 AXIS = "data"
@@ -110,6 +110,22 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
+def _population_step(step_fn: Callable) -> Callable:
+  """`step_fn` over the leading member axis of the state and batch: vmapped, except for a
+  population of one, whose step is traced plainly (the batching interpreter about doubles the
+  trace of a step, which every run pays before its first step, compilation cache or not)."""
+  vmapped = jax.vmap(step_fn)
+
+  def step(state, batch):
+    if state.step.shape[0] > 1:
+      return vmapped(state, batch)
+    one = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    new, metrics = step_fn(one(state), one(batch))
+    return jax.tree.map(lambda x: x[None], (new, metrics))
+
+  return step
+
+
 def _accumulate(acc, metrics):
   # A skipped step's losses are NaN/inf by definition; keep them out of the averages.
   return jax.tree.map(lambda a, v: a + jnp.where(jnp.isfinite(v), v, 0.0), acc, metrics)
@@ -131,6 +147,9 @@ class TrainLoop:
     batch_size: the GLOBAL batch size.
     feed: "device", "host" or "auto" (see the module docstring).
     host_steps: steps per host-to-device transfer with feed="host".
+    program_key: what shapes the step beyond its arguments (the config minus the values it
+      takes as inputs); with it, the device-fed loop is kept on disk by `program_cache` and a
+      later run of the same key skips tracing it.
   """
 
   def __init__(
@@ -142,6 +161,7 @@ class TrainLoop:
     *,
     feed: str = "auto",
     host_steps: int = 50,
+    program_key: str | None = None,
   ):
     input_pipeline.steps_per_epoch(num_examples, batch_size)  # validates sizes
     if batch_size % mesh.size:
@@ -152,7 +172,10 @@ class TrainLoop:
       raise ConfigError(f"config.parallel.feed must be auto, device or host: {feed!r}")
     self.mesh, self.feed = mesh, feed
     self.num_examples, self.batch_size, self.host_steps = num_examples, batch_size, host_steps
-    self.population_step = jax.vmap(step_fn)
+    self.population_step = _population_step(step_fn)
+    self.metric_names = step_fn.metric_names
+    self.program_key = program_key if jax.process_count() == 1 else None
+    self._flat_loop = None
     if feed == "device":
       self._loop = self._shard_mapped(self._device_chunk, P())
     else:
@@ -171,9 +194,8 @@ class TrainLoop:
     )
     return jax.jit(loop, donate_argnums=0)
 
-  def _metrics_zeros(self, state, batch):
-    _, m = jax.eval_shape(self.population_step, state, batch)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), m)
+  def _metrics_zeros(self, state):
+    return {name: jnp.zeros(state.step.shape, jnp.float32) for name in self.metric_names}
 
   def _device_chunk(self, state, arrays, num_steps):
     n, b = self.num_examples, self.batch_size
@@ -189,7 +211,7 @@ class TrainLoop:
       idx = jax.vmap(lambda p: input_pipeline.batch_from_permutation(p, step, b))(perms)
       return input_pipeline.gather_batch(arrays, input_pipeline.device_rows(idx, AXIS))
 
-    zeros = self._metrics_zeros(state, batch_of(perms, first))
+    zeros = self._metrics_zeros(state)
 
     def body(i, carry):
       st, perms, acc = carry
@@ -205,8 +227,7 @@ class TrainLoop:
 
   def _host_chunk(self, state, batches, num_steps):
     # batches: leaves [host_steps, P, b, ...], this device's rows of every step of the chunk.
-    first = jax.tree.map(lambda x: x[0], batches)
-    zeros = self._metrics_zeros(state, first)
+    zeros = self._metrics_zeros(state)
 
     def body(i, carry):
       st, acc = carry
@@ -224,9 +245,30 @@ class TrainLoop:
     return input_pipeline.host_arrays(split)
 
   def __call__(self, state, data, num_steps: int):
-    if self.feed == "device":
+    if self.feed == "host":
+      return self._host_fed(state, data, num_steps)
+    if self.program_key is None or program_cache.DIRECTORY is None:
       return self._loop(state, data, jnp.int32(num_steps))
-    return self._host_fed(state, data, num_steps)
+    # The cached artefact takes flat lists: jax.export serializes no custom pytree nodes.
+    leaves, treedef = jax.tree.flatten(state)
+    data_leaves, data_def = jax.tree.flatten(data)
+    if self._flat_loop is None:
+
+      def flat(leaves, data_leaves, n):
+        s = jax.tree.unflatten(treedef, leaves)
+        s, m = self._loop(s, jax.tree.unflatten(data_def, data_leaves), n)
+        return jax.tree.leaves(s), m
+
+      self._flat_loop = program_cache.exported(
+        jax.jit(flat, donate_argnums=0),
+        self.program_key,
+        leaves,
+        data_leaves,
+        jnp.int32(num_steps),
+        donate_argnums=0,
+      )
+    leaves, metrics = self._flat_loop(leaves, data_leaves, jnp.int32(num_steps))
+    return jax.tree.unflatten(treedef, leaves), metrics
 
   def _global_batches(self, arrays, idx: np.ndarray) -> dict:
     """Puts on each of this process's devices its rows of every step in `idx` [k, P, B]."""

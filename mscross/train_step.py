@@ -113,9 +113,17 @@ def init_member(
 
 def init_population(net, disc, spec, txs, seeds, hparams: dict) -> TrainState:
   """The stacked initial state of P members: seeds [P] int, hparams {key: [P]}."""
-  build = jax.vmap(lambda s, h: init_member(net, disc, spec, txs, s, h))
+  member = lambda s, h: init_member(net, disc, spec, txs, s, h)
+  seeds = jnp.asarray(seeds, jnp.uint32)
+  if seeds.shape[0] == 1:
+    # One member is traced without vmap's batching interpreter, which about doubles the trace.
+    build = lambda s, h: jax.tree.map(
+      lambda x: x[None], member(s[0], {k: v[0] for k, v in h.items()})
+    )
+  else:
+    build = jax.vmap(member)
   # One compiled program: op by op, every initialiser op is compiled on its own (3x slower here).
-  return jax.jit(build)(jnp.asarray(seeds, jnp.uint32), hparams)
+  return jax.jit(build)(seeds, hparams)
 
 
 def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
@@ -126,12 +134,15 @@ def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
 
 
 def adversarial_lambda(config, hparams: dict, step: jax.Array, total_steps: int) -> jax.Array:
+  """lam of `step`; the run's length comes from `hparams["train.steps"]` when the state carries
+  it (traced, so another step cap reuses the compiled program), else from `total_steps`."""
   adv = config.adv
   if not adv.enabled:
     return jnp.zeros((), jnp.float32)
   weight = hparams.get("adv.weight", adv.weight)
   if adv.schedule == "dann":
-    return weight * losses.dann_lambda(step.astype(jnp.float32) / max(total_steps, 1))
+    total = jnp.maximum(jnp.asarray(hparams.get("train.steps", total_steps), jnp.float32), 1.0)
+    return weight * losses.dann_lambda(step.astype(jnp.float32) / total)
   return weight * jnp.ones((), jnp.float32)
 
 
@@ -298,4 +309,15 @@ def make_step(
     metrics.update({f"loss_{k}": v for k, v in parts.items()})
     return new_state, metrics
 
+  # The loop's metric accumulators are built from these names: deriving them by tracing the
+  # step (eval_shape) would cost a whole extra trace of the step at every start.
+  step_fn.metric_names = (
+    "loss_emb",
+    "loss_adv",
+    "loss_disc",
+    "lambda",
+    "grad_norm_gen",
+    "grad_norm_disc",
+    *(f"loss_{k}" for k in sorted(loss_terms.active_terms(config.loss))),
+  )
   return step_fn

@@ -149,6 +149,9 @@ class _Run:
     keys = population.traced_keys(members)
     self.members_info = population.describe(members, keys)
     hparams = population.stacked_hparams(members, keys)
+    # The run's length is traced too (the DANN schedule depends on it): a longer run, or a
+    # resumed one with a new cap, reuses the compiled program.
+    hparams["train.steps"] = jnp.full(len(members), float(t.steps), jnp.float32)
     net, disc = models.build_models(config, self.spec)
     txs = train_step.make_optimizers(config)
     mesh = parallel.make_mesh(parallel.resolve_num_devices(config))
@@ -161,6 +164,7 @@ class _Run:
       int(t.batch_size),
       feed=config.parallel.feed,
       host_steps=int(config.parallel.host_steps),
+      program_key=_program_key(config, self.spec, keys),
     )
     state = train_step.init_population(
       net, disc, self.spec, txs, population.member_seeds(members), hparams
@@ -236,7 +240,7 @@ class _Run:
       dynamic_ncols=True,
       disable=None if self.is_main else True,
     )
-    board = _board(self.workdir) if self.is_main else None
+    board = _Board(self.workdir) if self.is_main else None
     stopping = False
     with _StopFlag() as stop, self._history(step) as history:
       # A collective under several processes: all of them stop at the same step.
@@ -392,6 +396,30 @@ class _Run:
     return result
 
 
+# Config keys that never shape the training loop's program: inputs of it (seeds, traced
+# hyperparameters, the run's length) or settings of what runs around it.
+_NOT_IN_PROGRAM = (
+  "seed",
+  "population.hparams",
+  "population.vary_seed",
+  "train.steps",
+  "train.eval_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.patience",
+  "train.max_nonfinite",
+  "data.data_dir",
+)
+
+
+def _program_key(config, spec, traced: list[str]) -> str:
+  """What shapes the training loop beyond its arguments' shapes (see mscross.program_cache)."""
+  skip = {*traced, *_NOT_IN_PROGRAM}
+  flat = config_lib.flatten(config)
+  kept = {k: v for k, v in flat.items() if k not in skip and not k.startswith("eval.")}
+  return json.dumps({"config": kept, "spec": spec.to_json()}, sort_keys=True, default=str)
+
+
 def _process_age() -> float:
   """Seconds since this process started (Linux /proc; elsewhere since mscross was imported)."""
   try:
@@ -414,11 +442,27 @@ def _record_step(line: str) -> float:
     return float("inf")  # a line cut off by a crash mid-write
 
 
-def _board(workdir: str):
-  # Imported here: tensorboardX pulls in protobuf and takes a while to import.
-  from tensorboardX import SummaryWriter
+class _Board:
+  """TensorBoard event files, opened at the first write: tensorboardX takes a second or more to
+  import (it loads PyTorch when that is installed), which is no reason to delay the first step."""
 
-  return SummaryWriter(os.path.join(workdir, "tensorboard"))
+  def __init__(self, workdir: str):
+    self.path, self._writer = os.path.join(workdir, "tensorboard"), None
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    if self._writer is None:
+      from tensorboardX import SummaryWriter
+
+      self._writer = SummaryWriter(self.path)
+    self._writer.add_scalar(tag, value, step)
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
 
 
 def _write(history, board, records: list[dict], size: int) -> None:

@@ -254,3 +254,42 @@ def test_invalid_config_is_rejected_before_training(tmp_path):
   with pytest.raises(ConfigError, match="label"):
     trainer.train_and_evaluate(c, str(tmp_path))
   assert not os.path.exists(os.path.join(str(tmp_path), "checkpoints"))
+
+
+def test_own_npy_features_of_three_modalities_without_labels_train_and_evaluate(tmp_path):
+  """A user's own arrays, no code change: three modalities, no labels, no validation split."""
+  rng = np.random.default_rng(0)
+  root = tmp_path / "mine"
+  shared = {"train": rng.normal(size=(120, 4)), "test": rng.normal(size=(40, 4))}
+  mix = {m: rng.normal(size=(4, d)) for m, d in (("audio", 6), ("video", 9), ("text", 5))}
+  for split, z in shared.items():
+    (root / split).mkdir(parents=True)
+    for m, w in mix.items():
+      # Each modality sees the same latent pair code, plus its own noise.
+      x = z @ w + 0.1 * rng.normal(size=(len(z), w.shape[1]))
+      np.save(root / split / f"{m}.npy", x.astype(np.float32))
+  (root / "manifest.json").write_text(json.dumps({"modalities": ["audio", "video", "text"]}))
+
+  from mscross import presets
+
+  config = presets.build("mnsgan", "features", labels=False)
+  config.data.data_dir = str(root)
+  config.model.encoder_layers = (32,)
+  config.model.width = 16
+  config.train.batch_size = 32
+  config.train.steps, config.train.eval_every, config.train.checkpoint_every = 60, 20, 20
+  result = trainer.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["modalities"] == ["audio", "video", "text"] and not result["labelled"]
+  directions = {
+    "audio2video",
+    "audio2text",
+    "video2audio",
+    "video2text",
+    "text2audio",
+    "text2video",
+  }
+  assert {f"{d}_r@1" for d in directions} <= set(result["test"])
+  # 40 test pairs: chance Recall@1 is 1/40; the shared code makes pairs findable.
+  assert result["test"]["avg_r@1"] > 0.3 and result["test"]["avg_median_rank"] < 5
+  again, _ = trained.evaluate_workdir(str(tmp_path / "run"))
+  assert again["avg_mrr"] == pytest.approx(result["test"]["avg_mrr"], abs=1e-6)
