@@ -32,9 +32,6 @@ _TOPK = flags.DEFINE_integer(
   "Also write the top-K neighbours of every query, every direction, to <workdir>/topk_<split>/.",
   lower_bound=1,
 )
-_CACHE = flags.DEFINE_bool(
-  "compilation_cache", True, "Keep compiled programs on disk for the next run (JAX's cache)."
-)
 
 
 def main(argv):
@@ -43,7 +40,7 @@ def main(argv):
   def go():
     from mscross import evaluate, trained
 
-    cli.enable_compilation_cache(_CACHE.value)
+    cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
     result, notes = trained.evaluate_workdir(
       _WORKDIR.value,
       split=_SPLIT.value,

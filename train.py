@@ -29,9 +29,6 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
   "Resume a workdir although the config differs from the one it was started with (the change is "
   "recorded in history.jsonl).",
 )
-_CACHE = flags.DEFINE_bool(
-  "compilation_cache", True, "Keep compiled programs on disk for the next run (JAX's cache)."
-)
 _MULTIHOST = flags.DEFINE_bool(
   "multihost",
   False,
@@ -63,7 +60,7 @@ def main(argv):
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
-  cli.enable_compilation_cache(_CACHE.value)
+  cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
     "runs", f"{config.method}_{config.data.name.replace('/', '_')}"

@@ -31,9 +31,6 @@ _STORAGE = flags.DEFINE_string(
   "storage", None, "Optuna RDB URL (default: sqlite:///<workdir>/study.db)."
 )
 _SEED = flags.DEFINE_integer("sampler_seed", 0, "Seed of the TPE sampler.")
-_CACHE = flags.DEFINE_bool(
-  "compilation_cache", True, "Keep compiled programs on disk for the next run (JAX's cache)."
-)
 
 
 def main(argv):
@@ -42,7 +39,7 @@ def main(argv):
   def go():
     from mscross import tuning
 
-    cli.enable_compilation_cache(_CACHE.value)
+    cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
     study = tuning.tune(
       _CONFIG.value,
       _WORKDIR.value,
@@ -51,9 +48,14 @@ def main(argv):
       storage=_STORAGE.value,
       seed=_SEED.value,
     )
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if not complete:
+      print("no trial completed (every one was pruned or failed)", file=sys.stderr)
+      return 1
     best = study.best_trial
     print(f"best trial #{best.number}: {best.value:.4f} {best.params}")
     print(f"config: {os.path.join(_WORKDIR.value, 'best_config.json')}")
+    return 0
 
   sys.exit(cli.run(go))
 

@@ -15,6 +15,11 @@ from ml_collections import config_flags
 from mscross.errors import MscrossError
 
 VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and debug logging.")
+COMPILATION_CACHE = flags.DEFINE_bool(
+  "compilation_cache",
+  True,
+  "Keep compiled and traced programs on disk for the next run (JAX's cache and mscross's).",
+)
 
 
 class _JsonOrPythonConfigParser(flags.ArgumentParser):
