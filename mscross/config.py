@@ -202,11 +202,7 @@ def validate(config, modalities=None, *, labelled: bool = True) -> None:
   p = config.parallel
   if isinstance(p.num_devices, bool) or p.num_devices < 0:
     raise ConfigError(f"config.parallel.num_devices must be >= 0, got {p.num_devices}")
-  if p.num_devices > 0 and config.train.batch_size % p.num_devices:
-    raise ConfigError(
-      f"config.train.batch_size={config.train.batch_size} (the global batch) must be divisible "
-      f"by config.parallel.num_devices={p.num_devices}"
-    )
+  _check_devices(config)
   _choice("parallel.feed", p.feed, ("auto", "device", "host"))
   _positive_ints(config, "parallel", ("host_steps",))
   _positive_ints(config, "population", ("size",))
@@ -232,6 +228,27 @@ def validate(config, modalities=None, *, labelled: bool = True) -> None:
         f"config.eval.select_metric={metric!r}: its direction must be avg or one of "
         f"{', '.join(directions)}"
       )
+
+
+def _check_devices(config) -> None:
+  """The mesh's device count (parallel.num_devices, 0 = all) against the devices there are and
+  the global batch, which it must divide."""
+  import jax
+
+  available, requested = jax.device_count(), int(config.parallel.num_devices)
+  if jax.process_count() > 1 and requested not in (0, available):
+    raise ConfigError(
+      f"with {jax.process_count()} processes the mesh spans every device of every process: "
+      f"set config.parallel.num_devices to 0 or {available}, not {requested}"
+    )
+  n = requested or available
+  if n > available:
+    raise ConfigError(f"config.parallel.num_devices={n}, but there are only {available} devices")
+  if config.train.batch_size % n:
+    raise ConfigError(
+      f"config.train.batch_size={config.train.batch_size} (the global batch) is not divisible "
+      f"by the {n} devices used; change the batch size or config.parallel.num_devices"
+    )
 
 
 def encoder_layers(config, modality: str) -> tuple[int, ...]:

@@ -39,31 +39,14 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mscross import input_pipeline, program_cache
-from mscross.errors import ConfigError
 
 AXIS = "data"
 
 
 def resolve_num_devices(config) -> int:
-  """The number of devices `config.parallel.num_devices` asks for, checked against the devices
-  there are and the global batch size."""
-  available = jax.device_count()
-  requested = int(config.parallel.num_devices)
-  batch = int(config.train.batch_size)
-  if jax.process_count() > 1 and requested not in (0, available):
-    raise ConfigError(
-      f"with {jax.process_count()} processes the mesh spans every device of every process: "
-      f"set config.parallel.num_devices to 0 or {available}, not {requested}"
-    )
-  n = requested or available
-  if n > available:
-    raise ConfigError(f"config.parallel.num_devices={n}, but there are only {available} devices")
-  if batch % n:
-    raise ConfigError(
-      f"config.train.batch_size={batch} (the global batch) is not divisible by the {n} devices "
-      "used; change the batch size or config.parallel.num_devices"
-    )
-  return n
+  """The number of devices the mesh spans (`config.parallel.num_devices`, 0 = every device);
+  `config.validate` has checked it against the devices there are and the global batch."""
+  return int(config.parallel.num_devices) or jax.device_count()
 
 
 def make_mesh(num_devices: int) -> Mesh:
@@ -164,12 +147,8 @@ class TrainLoop:
     program_key: str | None = None,
   ):
     input_pipeline.steps_per_epoch(num_examples, batch_size)  # validates sizes
-    if batch_size % mesh.size:
-      raise ConfigError(f"batch size {batch_size} is not divisible by the {mesh.size} devices")
     if feed == "auto":
       feed = "host" if jax.process_count() > 1 else "device"
-    if feed not in ("device", "host"):
-      raise ConfigError(f"config.parallel.feed must be auto, device or host: {feed!r}")
     self.mesh, self.feed = mesh, feed
     self.num_examples, self.batch_size, self.host_steps = num_examples, batch_size, host_steps
     self.population_step = _population_step(step_fn)

@@ -13,6 +13,9 @@ from mscross.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("wikipedia", "uci_mfeat/fou_kar_pix", "digits_halves", "features", "dscmr_mat")
+# DSCMR's published 2048/1024 network and batch of 100 lie outside the widths every method is
+# searched over; the regulariser is off (0) in the published MS2GAN and DSCMR.
+PUBLISHED_OUTSIDE = {("dscmr", "width"), ("dscmr", "hidden"), ("dscmr", "train.batch_size")}
 
 
 def _get(config, dotted):
@@ -38,8 +41,8 @@ def test_every_preset_is_a_valid_config_inside_its_search_space(method, dataset)
   config_lib.validate(c)
   for p in methods.get(method).search_space:
     value = _preset_value(c, method, p)
-    if p.name == "loss.reg.weight" and value == 0.0:
-      continue  # the regulariser is off in this method's published setting
+    if (method, p.name) in PUBLISHED_OUTSIDE or (p.name == "loss.reg.weight" and value == 0.0):
+      continue  # a published setting the search space does not reach (see methods.py)
     assert p.contains(value), (method, dataset, p.name, value)
 
 

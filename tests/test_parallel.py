@@ -172,7 +172,21 @@ def _equivalence():
       "steps": int(parallel.to_host(multi.step)[0]),
       "seconds": time.perf_counter() - t0,
     }
-  return {"cases": cases, "guard": _nonfinite_guard(split)}
+  return {"cases": cases, "guard": _nonfinite_guard(split), "device_checks": _device_checks()}
+
+
+def _device_checks():
+  """config.validate's messages for device counts, with the 8 fake devices of this process."""
+  out = {}
+  for name, devices, batch in (("divisible", 3, BATCH), ("too_many", 9, 18), ("all", 0, BATCH)):
+    c = small_config()
+    c.parallel.num_devices, c.train.batch_size = devices, batch
+    try:
+      config_lib.validate(c)
+      out[name] = parallel.resolve_num_devices(c)
+    except ConfigError as e:
+      out[name] = str(e)
+  return out
 
 
 def _bfloat16():
@@ -436,17 +450,15 @@ def test_two_processes_train_like_eight_devices(eight_device_run, tmp_path):
 # --- in this process (one device) ---------------------------------------------------------------
 
 
-def test_global_batch_must_divide_over_the_devices():
+def test_global_batch_must_divide_over_the_devices(equivalence):
+  checks = equivalence["device_checks"]
+  assert "not divisible by the 3 devices" in checks["divisible"]
+  assert "only 8 devices" in checks["too_many"]
+  assert checks["all"] == 8
   c = small_config()
-  c.parallel.num_devices = 3
-  with pytest.raises(ConfigError, match="divisible"):
-    config_lib.validate(c)
   c.parallel.num_devices = jax.device_count() + 1
-  c.train.batch_size = BATCH * c.parallel.num_devices
   with pytest.raises(ConfigError, match="only"):
-    parallel.resolve_num_devices(c)
-  c.parallel.num_devices = 0
-  assert parallel.resolve_num_devices(c) == jax.device_count()
+    config_lib.validate(c)
 
 
 def test_bfloat16_trains_with_float32_params_and_close_outputs(equivalence):
