@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import fcntl
 import json
 import logging
@@ -106,16 +107,32 @@ def load_study(workdir: str, storage: str | None = None):
   return optuna.load_study(study_name=STUDY_NAME, storage=url)
 
 
-def _recover(study) -> int:
-  """Marks trials left RUNNING by dead workers as failed and queues their parameters again."""
+# A trial is RUNNING from `study.ask()` on, a moment before its worker is recorded; one with no
+# worker after this long was claimed by a worker that died in that moment.
+_CLAIM_SECONDS = 600
+
+
+def _recover(study, *, local: bool) -> int:
+  """Marks trials left RUNNING by dead workers as failed and queues their parameters again.
+
+  `local`: the study lives in the workdir's own SQLite file, so every worker claims under the
+  workdir's lock, which the caller holds: a RUNNING trial without a worker is then orphaned.
+  """
   import optuna
 
+  now = datetime.datetime.now()
   n = 0
   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
     worker = t.user_attrs.get("worker")
-    if worker and not _alive(worker):
+    if worker:
+      dead = not _alive(worker)
+    else:
+      started = t.datetime_start or now
+      dead = local or (now - started).total_seconds() > _CLAIM_SECONDS
+    if dead:
       study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-      study.enqueue_trial(t.params, skip_if_exists=False)
+      if t.params:
+        study.enqueue_trial(t.params, skip_if_exists=False)
       n += 1
   return n
 
@@ -130,13 +147,13 @@ def _suggest(trial, space) -> dict:
   return values
 
 
-def _claim_group(study, workdir: str, space, total: int, size: int):
+def _claim_group(study, workdir: str, space, total: int, size: int, *, local: bool):
   """Asks for up to `size` trials sharing the first one's structural choices; [] when the
   study has its `total` trials."""
   import optuna
 
   with _study_lock(workdir):
-    _recover(study)
+    _recover(study, local=local)
     done = len(
       study.get_trials(
         deepcopy=False,
@@ -219,7 +236,7 @@ def tune(
   space = methods.get(method).search_space
   study = open_study(workdir, config, storage=storage, seed=seed)
   select = config.eval.select_metric
-  while group := _claim_group(study, workdir, space, trials, population):
+  while group := _claim_group(study, workdir, space, trials, population, local=storage is None):
     trials_of = [t for t, _ in group]
     run_dir = os.path.join(workdir, "groups", f"g{trials_of[0].number:04d}")
     pruned = [False] * len(group)

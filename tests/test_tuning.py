@@ -170,3 +170,23 @@ def test_a_killed_sweep_resumes_and_retries_the_trials_it_was_running(tmp_path):
   assert len(done) == 3 and "RUNNING" not in states.values()
   # The trial that died with its worker was marked failed and run again.
   assert list(states.values()).count("FAIL") >= 1
+
+
+def _running_trial_without_worker(tmp_path):
+  study = tuning.open_study(str(tmp_path), tiny_config())
+  study.ask()  # RUNNING, and its worker never recorded: the claim died halfway
+  return study
+
+
+def test_a_claim_cut_short_on_a_local_study_is_recovered(tmp_path):
+  import optuna
+
+  study = _running_trial_without_worker(tmp_path)
+  assert tuning._recover(study, local=True) == 1
+  assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL]
+
+
+def test_a_fresh_claim_on_a_shared_study_is_left_to_its_worker(tmp_path):
+  # On another machine's storage a worker may be between ask() and recording itself.
+  study = _running_trial_without_worker(tmp_path)
+  assert tuning._recover(study, local=False) == 0
