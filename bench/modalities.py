@@ -117,8 +117,10 @@ def regression(args) -> dict:
         "dataset": dataset,
         "now": now,
         "previous": [old["test_avg_map"], old["test_avg_map_std"]],
-        "within_one_std": abs(np.mean(now) - old["test_avg_map"])
-        <= max(np.std(now, ddof=1), old["test_avg_map_std"]),
+        "within_one_std": bool(
+          abs(np.mean(now) - old["test_avg_map"])
+          <= max(np.std(now, ddof=1), old["test_avg_map_std"])
+        ),
       }
     )
   return {"previous_commit": args.previous, "rows": rows}
