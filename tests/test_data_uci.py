@@ -10,9 +10,10 @@ import mscross.data
 from mscross.data import dataset_modalities, load_split
 from mscross.errors import DataError
 
+# Resolved because errors name the resolved folder, and the data folder may be a link.
 DATA_DIR = Path(
   os.environ.get("MSCROSS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
+).resolve()
 needs_real_data = pytest.mark.skipif(
   not (DATA_DIR / "uci_mfeat" / "mfeat-fou.csv").is_file(),
   reason=f"UCI mfeat CSVs not found in {DATA_DIR / 'uci_mfeat'} (set MSCROSS_DATA_DIR)",
