@@ -3,9 +3,11 @@
     python eval.py --workdir runs/acmr_wiki [--split test] [--member 0] [--export DIR]
     python eval.py --workdir runs/acmr_wiki --report --topk 10
 
-Prints the metrics as one JSON line. Kept short on purpose: the logic lives in `mscross.trained`.
+Prints the metrics as one JSON line. Kept short on purpose: the logic lives in
+`mscross.retrieval.trained`.
 """
 
+import json
 import sys
 
 from absl import app, flags
@@ -38,7 +40,7 @@ def main(argv):
   del argv
 
   def go():
-    from mscross import evaluate, trained
+    from mscross.retrieval import trained
 
     cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
     result, notes = trained.evaluate_workdir(
@@ -49,7 +51,7 @@ def main(argv):
       report=_REPORT.value,
       topk=_TOPK.value,
     )
-    print(evaluate.dump_json(result))
+    print(json.dumps(result, sort_keys=True))
     for note in notes:
       print(note, file=sys.stderr)
 

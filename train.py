@@ -7,7 +7,7 @@
 On several hosts (a multi-host TPU slice, or GPU hosts), run the same command on every host with
 `--multihost`; see docs/multihost.md.
 
-Kept short on purpose: the logic lives in `mscross.trainer`, where it can be tested.
+Kept short on purpose: the logic lives in `mscross.training.trainer`, where it can be tested.
 """
 
 import json
@@ -51,7 +51,7 @@ def main(argv):
   del argv
   import jax
 
-  from mscross import trainer
+  from mscross.training import trainer
 
   if _MULTIHOST.value:
     # Must come before any JAX computation: it decides which devices exist.

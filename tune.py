@@ -54,7 +54,7 @@ def main(argv):
       return 1
     best = study.best_trial
     print(f"best trial #{best.number}: {best.value:.4f} {best.params}")
-    print(f"config: {os.path.join(_WORKDIR.value, 'best_config.json')}")
+    print(f"config: {os.path.join(_WORKDIR.value, tuning.BEST_CONFIG)}")
     return 0
 
   sys.exit(cli.run(go))

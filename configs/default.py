@@ -6,13 +6,12 @@
     python train.py --config configs/default.py:method=mnsgan,dataset=wikipedia,labels=false
 
 Arguments (comma-separated key=value after the colon):
-  method    acmr | mnsgan | ms2gan | dscmr (default mnsgan)
-  dataset   a dataset name: digits_halves (default, embedded), wikipedia,
-            uci_mfeat/<view>_<view>[_<view>...], dscmr_mat, features; or mfeat / digits
+  method    a name of the method registry, `mscross.methods.names()` (default mnsgan)
+  dataset   a dataset name, `mscross.data.available_datasets()` (default digits_halves)
   labels    true (default) | false: instance-level retrieval, the class labels dropped
 
-Datasets other than digits_halves need a data directory: --config.data.data_dir or
-MSCROSS_DATA_DIR. The presets are in mscross/presets.py, the methods in mscross/methods.py.
+A wrong method or dataset name is answered with the list of valid ones. Datasets other than
+digits_halves need a data directory: --config.data.data_dir or MSCROSS_DATA_DIR.
 """
 
 from mscross import presets

@@ -72,7 +72,7 @@ def enable_compilation_cache(enabled: bool) -> None:
     root = configured or os.path.join(os.path.expanduser("~"), ".cache", "mscross")
     path = os.path.join(root, "jax")
   jax.config.update("jax_compilation_cache_dir", path)
-  from mscross import program_cache
+  from mscross.training import program_cache
 
   program_cache.DIRECTORY = os.path.join(path, "programs")
   # Every program counts: the small ones are what a run recompiles most.

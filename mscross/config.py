@@ -1,8 +1,10 @@
-"""The configuration schema: defaults, the one validation of a config, and the resolved config
-written to (and read back from) `WORKDIR/config.json`.
+"""The configuration schema: every key with its default, the schema check of a config, and a
+config as JSON (a workdir's config.json, tune.py's best_config.json).
 
 `configs/default.py` builds a config with `presets.build(method, dataset)` from these defaults;
-`train.py` overrides any key from the command line (`--config.optim.lr=1e-4`).
+`train.py` overrides any key from the command line (`--config.optim.lr=1e-4`). What a config
+MEANS (its method, loss terms with every option, population members, traced values) is resolved
+once, against the registries and the data, by `mscross.training.plan`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from mscross.errors import ConfigError
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = "acmr"
+  c.method = "mnsgan"  # a name of the method registry (mscross.methods)
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
@@ -63,11 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.adv.schedule = "dann"  # or "constant"
   c.adv.d_steps = 1
 
-  # One entry per loss term: {weight, options...}; see mscross/loss_terms.py.
+  # One entry per loss term, {weight, options...}: the method's terms (mscross.methods.registry),
+  # which the presets fill in with every option's default.
   c.loss = ml_collections.ConfigDict()
-  c.loss.label = dict(weight=1.0)
-  c.loss.acmr_triplet = dict(weight=1.0, margin=0.5, negative="random")
-  c.loss.reg = dict(weight=1e-4)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -138,28 +138,9 @@ def _choice(name: str, value, choices) -> None:
     raise ConfigError(f"config.{name} must be one of {list(choices)}, got {value!r}")
 
 
-def validate(config, modalities=None, *, labelled: bool = True) -> None:
-  """Every check of a config, in one place; raises ConfigError with one line.
-
-  Args:
-    config: the config to check.
-    modalities: the dataset's modality names, once known: the per-modality keys
-      (`model.encoders`, `data.powers`) must name them. None skips those checks.
-    labelled: whether the training data has class labels: loss terms that predict classes
-      refuse unlabelled data.
-  """
-  # Imported here: the registries import this module's schema.
-  from mscross import loss_terms, methods, population
-
-  methods.get(config.method)
-  terms = loss_terms.active_terms(config.loss)
-  if not labelled:
-    needy = sorted(name for name in terms if loss_terms.LOSS_TERMS[name].needs_labels)
-    if needy:
-      raise ConfigError(
-        f"loss term(s) {', '.join(needy)} predict class labels, but the training data has none "
-        f"(data.labels={config.data.labels}); set their weight to 0 or use labelled data"
-      )
+def validate(config) -> None:
+  """The schema check of a config (types, ranges, choices); raises ConfigError with one line.
+  What needs the registries or the data is checked when the run plan is resolved."""
   _positive_ints(
     config,
     "train",
@@ -202,73 +183,13 @@ def validate(config, modalities=None, *, labelled: bool = True) -> None:
   p = config.parallel
   if isinstance(p.num_devices, bool) or p.num_devices < 0:
     raise ConfigError(f"config.parallel.num_devices must be >= 0, got {p.num_devices}")
-  _check_devices(config)
   _choice("parallel.feed", p.feed, ("auto", "device", "host"))
   _positive_ints(config, "parallel", ("host_steps",))
   _positive_ints(config, "population", ("size",))
-  population.member_configs(config)  # checks population.hparams against the traced keys
-
-  if modalities is not None:
-    if len(modalities) < 2:
-      raise ConfigError(f"cross-modal retrieval needs 2 or more modalities, got {modalities}")
-    for section in ("model.encoders", "data.powers"):
-      node = config.model.encoders if section == "model.encoders" else config.data.powers
-      unknown = sorted(set(node.keys()) - set(modalities))
-      if unknown:
-        raise ConfigError(
-          f"config.{section} names {', '.join(unknown)}, which the dataset "
-          f"{config.data.name!r} does not have (its modalities: {', '.join(modalities)})"
-        )
-    prefix = metric.split("_", 1)[0]
-    from mscross import metrics
-
-    directions = [key for key, _, _ in metrics.direction_names(tuple(modalities))]
-    if prefix != "avg" and prefix not in directions:
-      raise ConfigError(
-        f"config.eval.select_metric={metric!r}: its direction must be avg or one of "
-        f"{', '.join(directions)}"
-      )
-
-
-def _check_devices(config) -> None:
-  """The mesh's device count (parallel.num_devices, 0 = all) against the devices there are and
-  the global batch, which it must divide."""
-  import jax
-
-  available, requested = jax.device_count(), int(config.parallel.num_devices)
-  if jax.process_count() > 1 and requested not in (0, available):
-    raise ConfigError(
-      f"with {jax.process_count()} processes the mesh spans every device of every process: "
-      f"set config.parallel.num_devices to 0 or {available}, not {requested}"
-    )
-  n = requested or available
-  if n > available:
-    raise ConfigError(f"config.parallel.num_devices={n}, but there are only {available} devices")
-  if config.train.batch_size % n:
-    raise ConfigError(
-      f"config.train.batch_size={config.train.batch_size} (the global batch) is not divisible "
-      f"by the {n} devices used; change the batch size or config.parallel.num_devices"
-    )
-
-
-def encoder_layers(config, modality: str) -> tuple[int, ...]:
-  """The full widths of `modality`'s encoder: its hidden layers, then `model.width`."""
-  hidden = config.model.encoders.get(modality, config.model.encoder_layers)
-  return (*tuple(hidden), int(config.model.width))
 
 
 def to_json(config) -> str:
   return config.to_json(indent=2, sort_keys=True)
-
-
-def save_config(config, workdir: str) -> str:
-  path = os.path.join(workdir, "config.json")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(to_json(config))
-  # A crash mid-write must not leave a truncated config.json: the run's truth on resume.
-  os.replace(tmp, path)
-  return path
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -285,14 +206,6 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(_tuples(raw))
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The resolved config a training run wrote to `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise ConfigError(f"{path} not found: is {workdir!r} a workdir written by train.py?")
-  return load_config_file(path)
-
-
 def _tuples(value):
   # JSON has no tuples; the config's sequences are tuples.
   if isinstance(value, dict):
@@ -300,28 +213,3 @@ def _tuples(value):
   if isinstance(value, list):
     return tuple(_tuples(v) for v in value)
   return value
-
-
-def flatten(config, prefix: str = "") -> dict[str, object]:
-  """{"a.b.c": value} for every leaf of a (nested) config."""
-  out = {}
-  for key, value in config.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, ml_collections.ConfigDict | dict):
-      out.update(flatten(value, name + "."))
-    else:
-      out[name] = value
-  return out
-
-
-def set_dotted(config, dotted: str, value) -> None:
-  """Sets `config.<dotted>` as `--config.<dotted>=value` would; unknown keys are an error."""
-  *path, last = dotted.split(".")
-  node = config
-  for key in path:
-    if key not in node:
-      raise ConfigError(f"unknown config key {dotted!r}")
-    node = node[key]
-  if last not in node:
-    raise ConfigError(f"unknown config key {dotted!r}")
-  node[last] = value

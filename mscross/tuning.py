@@ -32,12 +32,16 @@ import os
 import socket
 import warnings
 
+from mscross import atomic, methods
 from mscross import config as config_lib
-from mscross import methods, trainer
 from mscross.errors import ConfigError
+from mscross.training import plan as plan_lib
+from mscross.training import trainer
 
 log = logging.getLogger(__name__)
 STUDY_NAME = "mscross"
+# The sweep's workdir: the study (SQLite), the best trial's config, one line per finished trial.
+STUDY_DB, BEST_CONFIG, TRIALS = "study.db", "best_config.json", "trials.jsonl"
 
 
 @contextlib.contextmanager
@@ -75,7 +79,7 @@ def open_study(workdir: str, config, *, storage: str | None = None, seed: int = 
   import optuna
 
   os.makedirs(workdir, exist_ok=True)
-  url = storage or f"sqlite:///{os.path.abspath(os.path.join(workdir, 'study.db'))}"
+  url = storage or f"sqlite:///{os.path.abspath(os.path.join(workdir, STUDY_DB))}"
   eval_every = int(config.train.eval_every)
   with _study_lock(workdir):
     study = optuna.create_study(
@@ -103,7 +107,7 @@ def load_study(workdir: str, storage: str | None = None):
   """The study of `workdir` as it is, for reading (joins no worker, samples nothing)."""
   import optuna
 
-  url = storage or f"sqlite:///{os.path.abspath(os.path.join(workdir, 'study.db'))}"
+  url = storage or f"sqlite:///{os.path.abspath(os.path.join(workdir, STUDY_DB))}"
   return optuna.load_study(study_name=STUDY_NAME, storage=url)
 
 
@@ -231,8 +235,8 @@ def tune(
 
   if trials < 1 or population < 1:
     raise ConfigError("trials and population must be positive")
-  config_lib.validate(config)
-  method = config.method
+  # Fails fast on a config no trial could train; each group's config is resolved by its run.
+  method = plan_lib.resolve(config).method.name
   space = methods.get(method).search_space
   study = open_study(workdir, config, storage=storage, seed=seed)
   select = config.eval.select_metric
@@ -285,7 +289,7 @@ def _report(study, workdir, config, method, progress, group) -> None:
     states = ", ".join(f"#{t.number} {state_of.get(t.number, 'running')}" for t in group)
     best = f"; best #{study.best_trial.number}: {study.best_value:.4f}" if complete else ""
     progress(f"[{len(finished)} trials] {states}{best}")
-  with open(os.path.join(workdir, "trials.jsonl"), "w") as f:
+  with open(os.path.join(workdir, TRIALS), "w") as f:
     for t in finished:
       row = {
         "number": t.number,
@@ -297,7 +301,4 @@ def _report(study, workdir, config, method, progress, group) -> None:
       f.write(json.dumps(row) + "\n")
   if complete:
     best = best_config(config, method, study.best_trial.params)
-    path = os.path.join(workdir, "best_config.json")
-    with open(path + ".tmp", "w") as f:
-      f.write(config_lib.to_json(best))
-    os.replace(path + ".tmp", path)
+    atomic.write_text(os.path.join(workdir, BEST_CONFIG), config_lib.to_json(best))

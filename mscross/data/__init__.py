@@ -1,20 +1,11 @@
 """Row-paired datasets of K >= 2 modalities (labels optional) as in-memory numpy splits.
 
-Every dataset is a TFDS builder (TensorFlow is not needed). The first `load_split` of a dataset
-prepares it into a cache folder keyed by its source files; later calls read that cache.
-
-Datasets (modalities in brackets):
-  digits_halves        [left, right] scikit-learn digits halves (embedded, no data_dir needed)
-  wikipedia            [image, text] <data_dir>/wikipedia/ (raw_features.mat, the .list files)
-  uci_mfeat/<v1>_<v2>[_<v3>...]
-                       [the views, as named] <data_dir>/uci_mfeat/mfeat-<view>.csv for 2 to 6
-                       distinct views of fou fac kar pix zer mor, e.g. uci_mfeat/fou_kar_pix
-  dscmr_mat            [2-5 of image, text, audio, video, 3d] <data_dir>/ itself:
-                       <prefix>_<tag>.mat and <prefix>_<tag>_lab.mat, prefix train/valid/test,
-                       tag img/txt/aud/vid/3d (see `DscmrMat`)
-  features             [from the files] <data_dir>/ itself: train/, validation/, test/ folders
-                       of <modality>.npy or .mat (+ labels.npy), or train.npz ...; optional
-                       manifest.json (see `UserFeatures`)
+Every dataset is a TFDS builder (TensorFlow is not needed), a subclass of
+`base.PairedBuilder` that registers itself by its `NAME` where it is defined, with its layout,
+its modalities and its training preset; this package imports every module in it, so a new
+builder module is found without editing any list. `available_datasets()` lists the names. The
+first `load_split` of a dataset prepares it into a cache folder keyed by its source files; later
+calls read that cache.
 
 Environment: MSCROSS_DATA_DIR is the default data_dir; MSCROSS_CACHE_DIR the cache root
 (default ~/.cache/mscross/tfds).
@@ -22,63 +13,73 @@ Environment: MSCROSS_DATA_DIR is the default data_dir; MSCROSS_CACHE_DIR the cac
 
 from __future__ import annotations
 
+import importlib
 import os
+import pkgutil
 from pathlib import Path
 
-from mscross.data import base, cache, uci_mfeat
+from mscross.data import base, cache
 from mscross.data.base import SPLITS, Split, subset
-from mscross.data.digits_halves import DigitsHalves
-from mscross.data.dscmr_mat import DscmrMat
-from mscross.data.features import UserFeatures
-from mscross.data.uci_mfeat import UciMfeat
-from mscross.data.wikipedia import Wikipedia
 from mscross.errors import DataError
 
 __all__ = [
   "SPLITS",
-  "DigitsHalves",
-  "DscmrMat",
   "Split",
-  "UciMfeat",
-  "UserFeatures",
-  "Wikipedia",
   "available_datasets",
+  "builder",
+  "canonical_name",
   "dataset_modalities",
+  "describe_datasets",
   "load_split",
   "resolve_data_dir",
   "subset",
 ]
 
-# Datasets with one fixed name, in the order `available_datasets` lists them.
-_FIXED: dict[str, type[base.PairedBuilder]] = {
-  "digits_halves": DigitsHalves,
-  "wikipedia": Wikipedia,
-  "dscmr_mat": DscmrMat,
-  "features": UserFeatures,
-}
-_UCI_FAMILY = "uci_mfeat"
+for _module in pkgutil.iter_modules(__path__):
+  importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def available_datasets() -> list[str]:
-  """Names accepted by `load_split`: fixed names, and the pattern of the uci_mfeat names.
+  """Names accepted by `load_split`, a family of datasets by its pattern, e.g.
+  "uci_mfeat/<view>_<view>[_<view>...]"."""
+  return [cls.NAME_PATTERN or name for name, cls in base.BUILDERS.items()]
 
-  ["digits_halves", "wikipedia", "uci_mfeat/<view>_<view>[_<view>...]", "dscmr_mat",
-  "features"]; a uci_mfeat name joins 2 to 6 distinct views of fou fac kar pix zer mor.
-  """
-  names = list(_FIXED)
-  names.insert(2, uci_mfeat.NAME_PATTERN)
-  return names
+
+def describe_datasets() -> list[str]:
+  """One line per dataset: its name (or pattern) and the first line of its builder's doc."""
+  lines = []
+  for name, cls in base.BUILDERS.items():
+    aliases = ", ".join(sorted(cls.ALIASES))
+    summary = (cls.__doc__ or "").strip().split("\n")[0]
+    lines.append(
+      f"{cls.NAME_PATTERN or name}: {summary}" + (f" (alias {aliases})" if aliases else "")
+    )
+  return lines
+
+
+def canonical_name(name: str) -> str:
+  """`name` with a short name ("mfeat", "digits") replaced by the dataset it stands for."""
+  for cls in base.BUILDERS.values():
+    if name in cls.ALIASES:
+      return cls.ALIASES[name]
+  return name
 
 
 def _resolve(name: str) -> tuple[type[base.PairedBuilder], str | None]:
   """(builder class, config name) of a dataset name; DataError if it names no dataset."""
-  if name in _FIXED:
-    return _FIXED[name], None
-  family, _, config_name = name.partition("/")
-  if family == _UCI_FAMILY:
-    uci_mfeat.parse_views(config_name)
-    return UciMfeat, config_name
-  raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+  family, sep, config_name = name.partition("/")
+  cls = base.BUILDERS.get(family)
+  if cls is None or (sep and cls.NAME_PATTERN is None):
+    raise DataError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+  if cls.NAME_PATTERN is None:
+    return cls, None
+  cls.modalities_for(config_name)  # raises DataError naming what is wrong with the name
+  return cls, config_name
+
+
+def builder(name: str) -> type[base.PairedBuilder]:
+  """The builder class of a dataset name (its preset, its modalities); DataError if none."""
+  return _resolve(canonical_name(name))[0]
 
 
 def dataset_modalities(name: str) -> tuple[str, ...] | None:

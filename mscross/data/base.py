@@ -34,6 +34,10 @@ SPLIT_SEED = 0
 CACHE_ENV = "MSCROSS_CACHE_DIR"
 DATA_ENV = "MSCROSS_DATA_DIR"
 
+# Every dataset builder, by name: a subclass of `PairedBuilder` with a `NAME` registers itself
+# here where it is defined (`mscross.data` imports every module of the package).
+BUILDERS: dict[str, type[PairedBuilder]] = {}
+
 # Modality names become TFDS feature names beside "label" and "id", and config/file names.
 MODALITY_NAME = re.compile(r"[A-Za-z0-9_]+")
 RESERVED_NAMES = ("label", "id")
@@ -198,6 +202,32 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   # Where the source lies under the user's data directory: None means the data is embedded
   # and no data directory is needed; "" means the data directory itself.
   SOURCE_SUBDIR: ClassVar[str | None] = None
+
+  # The dataset's name in configs and `load_split`; a builder without one registers nothing.
+  NAME: ClassVar[str | None] = None
+  # A family of datasets is named "<NAME>/<config name>": how such names look, for listings.
+  NAME_PATTERN: ClassVar[str | None] = None
+  # Short names: {"mfeat": "uci_mfeat/fou_pix"}.
+  ALIASES: ClassVar[dict[str, str]] = {}
+  # The training preset of the dataset, as dotted config keys (`configs/default.py` applies it
+  # before the method's settings). This default suits a user's own features: z-scored inputs
+  # and a step cap that early stopping cuts short.
+  PRESET: ClassVar[dict[str, Any]] = {
+    "optim.lr": 1e-3,
+    "train.steps": 20000,
+    "train.eval_every": 250,
+    "train.checkpoint_every": 1000,
+    "train.patience": 10,
+  }
+
+  def __init_subclass__(cls, **kwargs: Any):
+    super().__init_subclass__(**kwargs)
+    name = cls.__dict__.get("NAME")
+    if name:
+      known = BUILDERS.get(name)
+      if known is not None and known.__qualname__ != cls.__qualname__:
+        raise ValueError(f"dataset name {name!r} is taken by {known.__qualname__}")
+      BUILDERS[name] = cls
 
   @tfds.core.utils.classproperty
   @classmethod

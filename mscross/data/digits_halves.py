@@ -8,6 +8,7 @@ caption are two views of the same concept.
 from __future__ import annotations
 
 import importlib.metadata
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -24,6 +25,16 @@ class DigitsHalves(base.PairedBuilder, skip_registration=True):
   1,797 examples, 10 classes, pixel values scaled from 0..16 to [0, 1], 32 features per half.
   Seeded (seed 0), class-stratified 60/20/20 train/validation/test split.
   """
+
+  NAME = "digits_halves"
+  ALIASES: ClassVar[dict[str, str]] = {"digits": "digits_halves"}
+  PRESET: ClassVar[dict[str, Any]] = {
+    "optim.lr": 1e-3,
+    "train.batch_size": 64,
+    "train.steps": 1500,
+    "train.eval_every": 250,
+    "train.checkpoint_every": 250,
+  }
 
   @classmethod
   def modalities_for(cls, config_name: str | None) -> tuple[str, ...]:

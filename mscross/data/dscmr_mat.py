@@ -78,6 +78,7 @@ class DscmrMat(base.PairedBuilder, skip_registration=True):
   named "0".."C-1". Ids are the example's row index within its source files.
   """
 
+  NAME = "dscmr_mat"
   SOURCE_SUBDIR = ""
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Pass as data_dir the folder holding train_<tag>.mat, test_<tag>.mat (and optionally "

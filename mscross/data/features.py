@@ -120,6 +120,7 @@ class UserFeatures(base.PairedBuilder, skip_registration=True):
   its split's files.
   """
 
+  NAME = "features"
   SOURCE_SUBDIR = ""
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Pass as data_dir a folder with train/ and test/ (optionally validation/), each holding "

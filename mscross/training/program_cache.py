@@ -24,6 +24,8 @@ from pathlib import Path
 
 import jax
 
+from mscross import atomic
+
 log = logging.getLogger(__name__)
 
 DIRECTORY: str | None = None
@@ -33,7 +35,7 @@ DIRECTORY: str | None = None
 def source_digest() -> str:
   """A hash of every module of the package: any change of code invalidates every artefact."""
   h = hashlib.sha256()
-  root = Path(__file__).resolve().parent
+  root = Path(__file__).resolve().parents[1]  # the mscross package
   for path in sorted(root.rglob("*.py")):
     h.update(str(path.relative_to(root)).encode())
     h.update(path.read_bytes())
@@ -79,10 +81,7 @@ def exported(jitted: Callable, key: str, *args, donate_argnums=()) -> Callable:
     else:
       program = jax_export.export(jitted)(*args)
       os.makedirs(DIRECTORY, exist_ok=True)
-      tmp = f"{path}.{os.getpid()}.tmp"
-      with open(tmp, "wb") as f:
-        f.write(program.serialize())
-      os.replace(tmp, path)
+      atomic.write_bytes(path, program.serialize())
   except Exception as e:  # noqa: BLE001 - a cache must never stop a run: trace as usual
     log.debug("program cache unavailable (%s); tracing", e)
     return jitted

@@ -9,7 +9,7 @@ The global batch is `config.train.batch_size` whatever the device count N (N mus
 The global batch indices of a member's step are those of `input_pipeline.batch_indices`, and the
 device at mesh position i takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order and,
 to float rounding, the trained weights do not depend on N. The step itself
-(`train_step.make_step` with `axis_name=AXIS`) gathers the network outputs so every loss term
+(`step.make_step` with `axis_name=AXIS`) gathers the network outputs so every loss term
 sees the global batch, and averages the gradients.
 
 Two ways to feed the devices (`config.parallel.feed`):
@@ -38,15 +38,31 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mscross import input_pipeline, program_cache
+from mscross.errors import ConfigError
+from mscross.training import input_pipeline, program_cache
 
 AXIS = "data"
 
 
 def resolve_num_devices(config) -> int:
-  """The number of devices the mesh spans (`config.parallel.num_devices`, 0 = every device);
-  `config.validate` has checked it against the devices there are and the global batch."""
-  return int(config.parallel.num_devices) or jax.device_count()
+  """The number of devices the mesh spans (`config.parallel.num_devices`, 0 = every device of
+  every process), checked against the devices there are and the global batch, which it must
+  divide."""
+  available, requested = jax.device_count(), int(config.parallel.num_devices)
+  if jax.process_count() > 1 and requested not in (0, available):
+    raise ConfigError(
+      f"with {jax.process_count()} processes the mesh spans every device of every process: "
+      f"set config.parallel.num_devices to 0 or {available}, not {requested}"
+    )
+  n = requested or available
+  if n > available:
+    raise ConfigError(f"config.parallel.num_devices={n}, but there are only {available} devices")
+  if config.train.batch_size % n:
+    raise ConfigError(
+      f"config.train.batch_size={config.train.batch_size} (the global batch) is not divisible "
+      f"by the {n} devices used; change the batch size or config.parallel.num_devices"
+    )
+  return n
 
 
 def make_mesh(num_devices: int) -> Mesh:
@@ -124,7 +140,7 @@ class TrainLoop:
   replicated on `mesh`; `data` comes from `loop.data(split)`.
 
   Args:
-    step_fn: one member's step, `train_step.make_step(..., axis_name=AXIS)`.
+    step_fn: one member's step, `step.make_step(..., axis_name=AXIS)`.
     mesh: from `make_mesh`.
     num_examples: rows of the training split.
     batch_size: the GLOBAL batch size.

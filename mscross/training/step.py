@@ -15,12 +15,13 @@ constant), times `adv.weight`. A step whose loss or gradients are not finite is 
 member keeps its old params and optimiser state and counts the skip. A member whose `active`
 flag is off (stopped by patience, divergence or pruning) takes no step at all.
 
-`make_step` builds the step of ONE member; `mscross.parallel` vmaps it over the population
-axis of the state. The continuous hyperparameters (learning rates, loss weights and float
-options, the adversary's weight) are read from `state.hparams`, traced, so members can differ
-in them under one compilation (`mscross.population`).
+`make_step` builds the step of ONE member from the run plan (`mscross.training.plan`);
+`mscross.training.loop` vmaps it over the population axis of the state. The continuous
+hyperparameters (learning rates, loss weights and float options, the adversary's weight, the
+run's length) are read from `state.hparams`, traced, so members can differ in them under one
+compilation.
 
-Data parallelism (`axis_name`, run under `jax.shard_map` by `mscross.parallel`): the state is
+Data parallelism (`axis_name`, run under `jax.shard_map` by `mscross.training.loop`): the state is
 replicated; each device runs the networks on its own shard of the global batch; the network
 outputs and the labels are all-gathered (tiled), so every loss term, all-pairs negative mining
 included, sees the global batch exactly as one device would; the loss is then computed
@@ -50,8 +51,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from mscross import loss_terms, losses
-from mscross.models import CrossModalNet, DataSpec, ModalityDiscriminator
+from mscross.methods import losses, registry
+from mscross.methods.models import CrossModalNet, DataSpec, ModalityDiscriminator
+from mscross.training.plan import RunPlan, Term
 
 
 @flax.struct.dataclass
@@ -69,10 +71,10 @@ class TrainState:
   active: jax.Array  # bool: False once the member has stopped
 
 
-def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
-  """Adam's scaling for the generator and for the discriminator, each over its own subtree; the
-  learning rates are applied in the step from the traced `hparams`."""
-  o = config.optim
+def make_optimizers(optim_config) -> dict[str, optax.GradientTransformation]:
+  """Adam's scaling for the generator and for the discriminator, each over its own subtree, of
+  `config.optim`; the learning rates are applied in the step from the traced `hparams`."""
+  o = optim_config
   txs = {}
   for name in ("gen", "disc"):
     tx = optax.scale_by_adam(b1=o.b1, b2=o.b2)
@@ -133,17 +135,30 @@ def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
   return net.init(k_gen, dummy)["params"]
 
 
-def adversarial_lambda(config, hparams: dict, step: jax.Array, total_steps: int) -> jax.Array:
-  """lam of `step`; the run's length comes from `hparams["train.steps"]` when the state carries
-  it (traced, so another step cap reuses the compiled program), else from `total_steps`."""
-  adv = config.adv
-  if not adv.enabled:
+def adversarial_lambda(plan: RunPlan, h: dict, step: jax.Array) -> jax.Array:
+  """lam of `step`, from the hyperparameters `h` (`plan.values_in`): the adversary's weight and
+  the run's length, both traced, so another step cap reuses the compiled program."""
+  if not plan.adversarial:
     return jnp.zeros((), jnp.float32)
-  weight = hparams.get("adv.weight", adv.weight)
-  if adv.schedule == "dann":
-    total = jnp.maximum(jnp.asarray(hparams.get("train.steps", total_steps), jnp.float32), 1.0)
+  weight = h["adv.weight"]
+  if plan.config.adv.schedule == "dann":
+    total = jnp.maximum(jnp.asarray(h["train.steps"], jnp.float32), 1.0)
     return weight * losses.dann_lambda(step.astype(jnp.float32) / total)
   return weight * jnp.ones((), jnp.float32)
+
+
+def embedding_loss(
+  terms: tuple[Term, ...], h: dict, out, batch, *, params, rng
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Weighted sum of the active terms, and each unweighted term for logging; the weights and
+  float options come from the hyperparameters `h` (`plan.values_in`)."""
+  parts, total = {}, jnp.zeros((), jnp.float32)
+  for i, t in enumerate(terms):
+    parts[t.name] = registry.LOSS_TERMS[t.name].fn(
+      out, batch, params=params, rng=jax.random.fold_in(rng, i), **t.options(h)
+    )
+    total = total + t.weight(h) * parts[t.name]
+  return total, parts
 
 
 def _all_finite(tree) -> jax.Array:
@@ -175,11 +190,11 @@ class Objectives(NamedTuple):
 
 
 def make_objectives(
-  config, net: CrossModalNet, disc: ModalityDiscriminator, axis_name: str | None = None
+  plan: RunPlan, net: CrossModalNet, disc: ModalityDiscriminator, axis_name: str | None = None
 ) -> Objectives:
-  """The objectives of `config`; `axis_name`: the data-parallel mesh axis (None: no mesh)."""
-  terms = loss_terms.active_terms(config.loss)
-  adversarial = bool(config.adv.enabled)
+  """The objectives of `plan`; `axis_name`: the data-parallel mesh axis (None: no mesh).
+  `hparams` arguments are one member's traced `state.hparams`."""
+  adversarial = plan.adversarial
 
   def forward(gen_params, batch):
     return net.apply({"params": gen_params}, batch["inputs"])
@@ -187,23 +202,23 @@ def make_objectives(
   def adv_loss(disc_params, emb):
     return losses.modality_adversarial_loss(disc.apply({"params": disc_params}, emb))
 
-  def embedding_loss(gen_params, batch, rng, hparams):
+  def gathered_loss(gen_params, batch, rng, hparams):
     out, labels = all_gather_batch(forward(gen_params, batch), batch.get("label"), axis_name)
     if labels is None:
       # Instance-level retrieval: every pair is its own class.
       labels = jnp.eye(out["emb"].shape[1], dtype=jnp.float32)
-    l_emb, parts = loss_terms.embedding_loss(
-      terms, hparams, out, {"label": labels}, params=gen_params, rng=rng
+    l_emb, parts = embedding_loss(
+      plan.terms, plan.values_in(hparams), out, {"label": labels}, params=gen_params, rng=rng
     )
     return out, l_emb, parts
 
   def generator_objective(gen_params, disc_params, batch, rng, lam, hparams):
-    out, l_emb, parts = embedding_loss(gen_params, batch, rng, hparams)
+    out, l_emb, parts = gathered_loss(gen_params, batch, rng, hparams)
     l_adv = adv_loss(disc_params, out["emb"]) if adversarial else jnp.zeros(())
     return l_emb - lam * l_adv, (l_emb, l_adv, parts)
 
   def reversal_objective(params, batch, rng, lam, hparams):
-    out, l_emb, parts = embedding_loss(params["gen"], batch, rng, hparams)
+    out, l_emb, parts = gathered_loss(params["gen"], batch, rng, hparams)
     l_adv = adv_loss(params["disc"], losses.gradient_reversal(out["emb"], lam))
     return l_emb + l_adv, (l_emb, l_adv, parts)
 
@@ -211,11 +226,10 @@ def make_objectives(
 
 
 def make_step(
-  config,
+  plan: RunPlan,
   net: CrossModalNet,
   disc: ModalityDiscriminator,
   txs: dict[str, optax.GradientTransformation],
-  total_steps: int,
   axis_name: str | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
   """Returns `step_fn(state, batch) -> (state, metrics)` of ONE member (pure; vmap it over a
@@ -225,10 +239,10 @@ def make_step(
   mesh axis with the state replicated and `batch` this device's shard of the global batch; the
   metrics (global-batch losses) and the new state are then identical on every device.
   """
-  adversarial = bool(config.adv.enabled)
-  reversal = adversarial and config.adv.mode == "reversal"
-  d_steps = int(config.adv.d_steps)
-  obj = make_objectives(config, net, disc, axis_name)
+  adversarial = plan.adversarial
+  reversal = adversarial and plan.config.adv.mode == "reversal"
+  d_steps = int(plan.config.adv.d_steps)
+  obj = make_objectives(plan, net, disc, axis_name)
   # See the module docstring for why a mean (not a sum) is the single-device gradient.
   pmean = (lambda tree: tree) if axis_name is None else (lambda tree: lax.pmean(tree, axis_name))
 
@@ -238,14 +252,14 @@ def make_step(
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     h = state.hparams
-    lr = h.get("optim.lr", config.optim.lr)
-    disc_lr = h.get("optim.disc_lr", config.optim.disc_lr)
-    disc_lr = jnp.where(disc_lr > 0, disc_lr, lr)
+    values = plan.values_in(h)
+    lr = values["optim.lr"]
+    disc_lr = jnp.where(values["optim.disc_lr"] > 0, values["optim.disc_lr"], lr)
     lrs = {"gen": lr, "disc": disc_lr}
     # The state is replicated, so every device draws the same key, and sampled terms (ACMR's
     # random negatives over the gathered batch) pick the same negatives as one device would.
     rng = jax.random.fold_in(state.rng, state.step)
-    lam = adversarial_lambda(config, h, state.step, total_steps)
+    lam = adversarial_lambda(plan, values, state.step)
     params, opt_state = dict(state.params), dict(state.opt_state)
 
     if reversal:
@@ -309,15 +323,7 @@ def make_step(
     metrics.update({f"loss_{k}": v for k, v in parts.items()})
     return new_state, metrics
 
-  # The loop's metric accumulators are built from these names: deriving them by tracing the
-  # step (eval_shape) would cost a whole extra trace of the step at every start.
-  step_fn.metric_names = (
-    "loss_emb",
-    "loss_adv",
-    "loss_disc",
-    "lambda",
-    "grad_norm_gen",
-    "grad_norm_disc",
-    *(f"loss_{k}" for k in sorted(loss_terms.active_terms(config.loss))),
-  )
+  # The loop's metric accumulators are built from these names (`plan.metric_names`): deriving
+  # them by tracing the step (eval_shape) would cost a whole extra trace at every start.
+  step_fn.metric_names = plan.metric_names
   return step_fn

@@ -1,4 +1,16 @@
-"""A training workdir: one writer at a time, and a resumed run never changes its own history.
+"""A training workdir: what it holds, one writer at a time, and a resumed run never changes its
+own history.
+
+The names of its files are stated here and nowhere else:
+
+    config.json            the resolved config, the run's truth on resume
+    dataset.json           the data spec (modalities, widths, classes)
+    input_transform.npz    the input transform fitted on the training split
+    history.jsonl          losses and validation metrics at every evaluation
+    metrics.json           the final result
+    checkpoints/           Orbax checkpoints (latest/, best/)
+    tensorboard/           TensorBoard event files
+    .lock                  the writer's lock
 
 * `WorkdirLock`: an OS-level lock (`fcntl.flock`) on `WORKDIR/.lock` for the life of a run. The
   kernel drops it when the process ends, however it ends (`kill -9` included), so a lock is
@@ -16,10 +28,38 @@ import json
 import os
 import time
 
+from mscross import atomic, dotted
 from mscross import config as config_lib
 from mscross.errors import ConfigError, MscrossError
 
+CONFIG = "config.json"
+SPEC = "dataset.json"
+TRANSFORM = "input_transform.npz"
+HISTORY = "history.jsonl"
+METRICS = "metrics.json"
+CHECKPOINTS = "checkpoints"
+TENSORBOARD = "tensorboard"
 LOCK_FILE = ".lock"
+
+
+def path(workdir: str, name: str) -> str:
+  """The path of one of the workdir's files (a name above)."""
+  return os.path.join(workdir, name)
+
+
+def write_config(workdir: str, config) -> None:
+  # A crash mid-write must not leave a truncated config.json: the run's truth on resume.
+  atomic.write_text(path(workdir, CONFIG), config_lib.to_json(config))
+
+
+def read_config(workdir: str):
+  """The resolved config a training run wrote to the workdir."""
+  file = path(workdir, CONFIG)
+  if not os.path.exists(file):
+    raise ConfigError(f"{file} not found: is {workdir!r} a workdir written by train.py?")
+  return config_lib.load_config_file(file)
+
+
 # `is_locked` (eval.py) takes the lock shared for an instant: a trainer starting in that instant
 # must not be refused, so a busy lock is tried again for this long before it counts as held.
 _LOCK_RETRY_SECONDS = 0.25
@@ -132,7 +172,7 @@ _ABSENT = "<absent>"
 def config_diff(stored, new, *, include_safe: bool = False) -> list[tuple[str, object, object]]:
   """(key, stored value, new value) for every key whose value differs; the keys of
   SAFE_TO_CHANGE only with `include_safe`."""
-  a, b = config_lib.flatten(stored), config_lib.flatten(new)
+  a, b = dotted.flatten(stored), dotted.flatten(new)
   diffs = []
   for key in sorted(set(a) | set(b)):
     if key in SAFE_TO_CHANGE and not include_safe:
@@ -159,10 +199,9 @@ def check_resume(workdir: str, config, *, allow_change: bool) -> list[tuple]:
   record (empty for a fresh workdir or the same config). Raises ConfigError listing the unsafe
   ones unless `allow_change`.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  if not os.path.exists(path(workdir, CONFIG)):
     return []
-  stored = config_lib.load_config_file(path)
+  stored = read_config(workdir)
   diffs = config_diff(stored, config)
   if diffs and not allow_change:
     # Shallow keys first: another method differs in many loss.* keys, and the listing is cut at
@@ -181,3 +220,12 @@ def _show(value) -> str:
   if value is _ABSENT:
     return "(absent)"
   return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def write_spec(workdir: str, spec) -> None:
+  atomic.write_json(path(workdir, SPEC), spec.to_json(), indent=1)
+
+
+def read_spec(workdir: str) -> dict:
+  with open(path(workdir, SPEC)) as f:
+    return json.load(f)

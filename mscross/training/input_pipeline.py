@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mscross import data
+from mscross import atomic, data
 from mscross.errors import DataError
-from mscross.models import DataSpec
-
-TRANSFORM_FILE = "input_transform.npz"
+from mscross.methods.models import DataSpec
 
 
 def signed_power(x: np.ndarray, power: float) -> np.ndarray:
@@ -99,9 +96,8 @@ class Normalizer:
       arrays[f"mean/{m}"], arrays[f"std/{m}"] = self.mean[m], self.std[m]
       arrays[f"power/{m}"] = np.float64(self.power[m])
       arrays[f"power_key/{m}"] = np.str_(self.power_key.get(m, "data.power"))
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic.replacing(path, suffix=".npz") as tmp:
+      np.savez(tmp, **arrays)
 
   @classmethod
   def load(cls, path: str) -> Normalizer:

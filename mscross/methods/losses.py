@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mscross.errors import ConfigError
+from mscross.metrics import similarity
 
 __all__ = [
   "acmr_triplet_loss",
@@ -239,8 +240,7 @@ def _safe_norm(x: chex.Array, axis: int | None = -1) -> chex.Array:
 
 
 def _l2_normalise(x: chex.Array, eps: float = _EPS) -> chex.Array:
-  sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, eps * eps))
+  return similarity.normalize(x, eps)
 
 
 def pairwise_cosine(a: chex.Array, b: chex.Array, *, eps: float = _EPS) -> chex.Array:
@@ -311,7 +311,7 @@ def acmr_triplet_loss(
   z: chex.Array,
   labels: chex.Array,
   *,
-  margin: chex.Numeric,
+  margin: chex.Numeric = 0.5,
   rng: chex.PRNGKey | None = None,
   negative: str = "random",
 ) -> chex.Array:

@@ -19,6 +19,7 @@ from typing import Any
 import jax
 
 from mscross.errors import CheckpointError
+from mscross.training import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class CheckpointStore:
   """The `latest` and `best` checkpoint managers of one workdir."""
 
   def __init__(self, workdir: str, *, keep: int = 2, read_only: bool = False):
-    root = os.path.join(workdir, "checkpoints")
+    root = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
     if read_only and not os.path.isdir(root):
       raise CheckpointError(f"no checkpoints in {workdir!r}: run train.py with this workdir first")
     self._dirs = {"latest": os.path.join(root, "latest"), "best": os.path.join(root, "best")}

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mscross.metrics.similarity import normalize
+
 ACTIVATIONS = {
   "tanh": jnp.tanh,
   "relu": nn.relu,
@@ -177,15 +179,20 @@ class ModalityDiscriminator(nn.Module):
     return _dense(self.num_modalities, self.dtype, name="out")(h).astype(jnp.float32)
 
 
+def encoder_widths(model_config, modality: str) -> tuple[int, ...]:
+  """The full widths of `modality`'s encoder: its hidden layers (`model.encoders.<modality>`,
+  else `model.encoder_layers`), then `model.width`."""
+  hidden = model_config.encoders.get(modality, model_config.encoder_layers)
+  return (*tuple(hidden), int(model_config.width))
+
+
 def build_models(config, spec: DataSpec) -> tuple[CrossModalNet, ModalityDiscriminator]:
   """The generator and discriminator described by `config.model` and `config.disc`."""
-  from mscross import config as config_lib
-
   m = config.model
   dtype = COMPUTE_DTYPES[m.dtype]
   net = CrossModalNet(
     modalities=spec.modalities,
-    encoder_layers=tuple(config_lib.encoder_layers(config, name) for name in spec.modalities),
+    encoder_layers=tuple(encoder_widths(m, name) for name in spec.modalities),
     num_classes=spec.num_classes,
     shared_layers=tuple(m.shared_layers),
     activation=m.activation,
@@ -203,10 +210,6 @@ def build_models(config, spec: DataSpec) -> tuple[CrossModalNet, ModalityDiscrim
   return net, disc
 
 
-def _unit(v: jax.Array) -> jax.Array:
-  return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-
-
 def retrieval_embeddings(out: dict[str, jax.Array], *, kind: str, mu=1.0) -> jax.Array:
   """The embeddings that are ranked at retrieval time, [K, B, e].
 
@@ -219,5 +222,5 @@ def retrieval_embeddings(out: dict[str, jax.Array], *, kind: str, mu=1.0) -> jax
   if kind == "common":
     return out["emb"]
   if kind == "joint":
-    return jnp.concatenate([_unit(out["spec"]), mu * _unit(out["emb"])], axis=-1)
+    return jnp.concatenate([normalize(out["spec"]), mu * normalize(out["emb"])], axis=-1)
   raise ValueError(f"retrieval must be 'common' or 'joint', got {kind!r}")

@@ -15,16 +15,18 @@ module, and splits are read (and transformed) at most once per split.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
-from mscross import checkpoints, data, evaluate, input_pipeline, models, train_step
-from mscross import config as config_lib
-from mscross import workdir as workdir_lib
+from mscross import data
 from mscross.errors import CheckpointError, DataError
+from mscross.methods import models
+from mscross.retrieval import index as index_lib
+from mscross.training import checkpoints, evaluation, input_pipeline
+from mscross.training import plan as plan_lib
+from mscross.training import workdir as workdir_lib
 
 
 class Workdir:
@@ -36,33 +38,34 @@ class Workdir:
 
   def __init__(self, path: str, *, retrieval: str | None = None):
     self.path = path
-    self.config = config_lib.load_config(path)
+    self.config = workdir_lib.read_config(path)
     if retrieval is not None:
       with self.config.unlocked():
         self.config.model.retrieval = retrieval
-    spec_path = os.path.join(path, "dataset.json")
-    transform_path = os.path.join(path, input_pipeline.TRANSFORM_FILE)
-    if not (os.path.exists(spec_path) and os.path.exists(transform_path)):
+    transform_path = workdir_lib.path(path, workdir_lib.TRANSFORM)
+    if not (
+      os.path.exists(workdir_lib.path(path, workdir_lib.SPEC)) and os.path.exists(transform_path)
+    ):
       raise CheckpointError(
-        f"{path} has no trained model yet (dataset.json or {input_pipeline.TRANSFORM_FILE} "
+        f"{path} has no trained model yet ({workdir_lib.SPEC} or {workdir_lib.TRANSFORM} "
         "missing): run train.py with this workdir first"
       )
-    with open(spec_path) as f:
-      self.spec = models.DataSpec.from_json(json.load(f))
+    self.spec = models.DataSpec.from_json(workdir_lib.read_spec(path))
+    self.plan = plan_lib.resolve(self.config, self.spec)
     self.normalizer = input_pipeline.Normalizer.load(transform_path)
     self.net, _ = models.build_models(self.config, self.spec)
     self.in_training = workdir_lib.is_locked(path)
     self.trainer_pid = workdir_lib.holder_pid(path) if self.in_training else None
     self.step, self.gen, self.meta = self._restore_best()
-    self._embed = evaluate.make_embed_fn(self.config, self.net)
+    self._embed = evaluation.make_embed_fn(self.config, self.net)
     self._splits: dict[str, data.Split] = {}
 
   @property
   def size(self) -> int:
-    return int(self.config.population.size)
+    return self.plan.size
 
   def _restore_best(self):
-    one = jax.eval_shape(lambda: train_step.init_generator(self.net, self.spec))
+    one = jax.eval_shape(lambda: step.init_generator(self.net, self.spec))
     target = {
       "gen": jax.tree.map(lambda s: np.zeros((self.size, *s.shape), s.dtype), one),
     }
@@ -105,7 +108,7 @@ class TrainedModel:
     self.config, self.spec = workdir.config, workdir.spec
     self.params = jax.tree.map(lambda x: x[member], workdir.gen)
     self.step = workdir.best_step(member)
-    self.mu = _member_value(workdir.config, member, "model.mu")
+    self.mu = float(workdir.plan.member_values("model.mu")[member])
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -120,39 +123,25 @@ class TrainedModel:
     one = data.Split(
       features={modality: x}, label=None, ids=np.arange(len(x)).astype(str), class_names=()
     )
-    return evaluate.embed_split(self.workdir._embed, self.params, one, self.mu)[0]
+    return evaluation.embed_split(self.workdir._embed, self.params, one, self.mu)[0]
 
   def embed(self, split: data.Split) -> dict[str, np.ndarray]:
     """{modality: [N, e]} of a TRANSFORMED split (`Workdir.split`)."""
-    emb = evaluate.embed_split(self.workdir._embed, self.params, split, self.mu)
+    emb = evaluation.embed_split(self.workdir._embed, self.params, split, self.mu)
     return dict(zip(split.modalities, emb, strict=True))
 
   def metrics(self, split: data.Split) -> dict[str, float]:
-    emb = evaluate.embed_split(self.workdir._embed, self.params, split, self.mu)
-    return evaluate.metrics_of(self.config, emb, split)
+    emb = evaluation.embed_split(self.workdir._embed, self.params, split, self.mu)
+    return evaluation.metrics_of(self.config, emb, split)
 
   def index(self, modality: str, features, *, ids=None, labels=None, transformed=False):
     """A `retrieval.Index` over the embeddings of raw gallery vectors of `modality`."""
-    from mscross import retrieval
-
     emb = self.encode(modality, features, transformed=transformed)
-    return retrieval.Index.from_arrays(emb, ids=ids, labels=labels)
+    return index_lib.Index.from_arrays(emb, ids=ids, labels=labels)
 
   def search(self, modality: str, queries, index, k: int = 10):
     """(scores [Q, k], gallery rows [Q, k]) of raw query vectors of `modality` in `index`."""
     return index.search(self.encode(modality, queries), k)
-
-
-def _member_value(config, member: int, key: str) -> float:
-  sweep = config.population.hparams
-  if sweep:
-    values = json.loads(sweep) if isinstance(sweep, str) else dict(sweep)
-    if key in values:
-      return float(values[key][member])
-  node = config
-  for part in key.split("."):
-    node = node[part]
-  return float(node)
 
 
 def load(workdir: str, member: int = 0) -> TrainedModel:
@@ -191,7 +180,7 @@ def evaluate_workdir(
     result = results[0]
   else:
     numeric = [{k: v for k, v in r.items() if isinstance(v, float)} for r in results]
-    mean, std = evaluate.mean_and_std(numeric)
+    mean, std = evaluation.mean_and_std(numeric)
     result = {**header, "members": results, "mean": mean, "std": std}
   model = wd.member(chosen[0])
   suffix = "" if wd.size == 1 else f"_member{model.member}"
@@ -200,7 +189,7 @@ def evaluate_workdir(
   if export_dir:
     notes.append(f"embeddings: {export(export_dir, embeddings, part)}")
   if report:
-    from mscross import report as report_lib
+    from mscross.retrieval import report as report_lib
 
     title = (
       f"{wd.config.method} on {wd.config.data.name}, {split} split "
@@ -216,10 +205,8 @@ def evaluate_workdir(
     )
     notes.append(f"report: {out}")
   if topk:
-    from mscross import retrieval
-
     out = os.path.join(path, f"topk_{split}{suffix}")
-    retrieval.write_topk_files(out, embeddings, part.ids, topk)
+    index_lib.write_topk_files(out, embeddings, part.ids, topk)
     notes.append(f"top-{topk} neighbours: {out}")
   return result, notes
 

@@ -1,11 +1,10 @@
 """Embedding splits with trained generator params and scoring them: the one path by which the
-trainer (validation, the final metrics.json) and `eval.py` (through `mscross.loader`) compute
-retrieval metrics, so both report the same numbers for the same checkpoint.
+trainer (validation, the final metrics.json) and `eval.py` (through `mscross.retrieval.trained`)
+compute retrieval metrics, so both report the same numbers for the same checkpoint.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 
@@ -13,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mscross import data, metrics, models
+from mscross import data, metrics
+from mscross.methods import models
 
 EMBED_BATCH = 4096
 
@@ -70,7 +70,3 @@ def mean_and_std(results: list[dict]) -> tuple[dict, dict]:
     mean[key] = float(np.mean(values)) if values else float("nan")
     std[key] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
   return mean, std
-
-
-def dump_json(obj) -> str:
-  return json.dumps(obj, sort_keys=True)

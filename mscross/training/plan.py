@@ -1,0 +1,227 @@
+"""The run plan: a config resolved ONCE into what a run trains.
+
+`resolve(config, spec)` checks the config's schema (`mscross.config.validate`), then resolves it
+against the method and loss-term registries and the data: the method, its active loss terms with
+every option, the population's members (seeds and hyperparameters), every traced
+hyperparameter's value for each member, the names of the step's metrics and the key of the
+compiled program. Nothing downstream reads those facts from the config again: the train step,
+the loop, the trainer, the trained-model loader and the benchmarks all take the plan.
+
+Populations: a population of P members is one train state with a leading member axis. Members
+differ in their seed (`seed + m`, unless `population.vary_seed` is off) and in the continuous
+hyperparameters listed in `population.hparams`, a JSON object
+{"dotted.key": [value of member 0, value of member 1, ...]}. Only TRACED keys may differ: the
+learning rates, the adversary's weight, `model.mu`, and each active loss term's weight and float
+options. These enter the step as a pytree of float32 scalars (`RunPlan.hparams`), never as
+constants of the program, so one compilation serves every value, and a later run of other values
+(JAX's persistent compilation cache then skips compiling). The run's length `train.steps` is
+traced too (the DANN schedule depends on it). A float setting that is 0.0 for every member stays a
+Python constant: a zero often switches work off (MNS-GAN's intra-modal term), which a traced value
+could not. Everything else (widths, batch size, strings, ints) fixes the program's shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from mscross import config as config_lib
+from mscross import dotted, methods, metrics
+from mscross.errors import ConfigError
+from mscross.methods import registry
+from mscross.methods.models import DataSpec
+
+BASE_TRACED = ("optim.lr", "optim.disc_lr", "adv.weight", "model.mu")
+RUN_LENGTH = "train.steps"
+STEP_METRICS = ("loss_emb", "loss_adv", "loss_disc", "lambda", "grad_norm_gen", "grad_norm_disc")
+
+# Config keys that never shape the training loop's program: inputs of it (seeds, traced
+# hyperparameters, the run's length) or settings of what runs around it.
+_NOT_IN_PROGRAM = (
+  "seed",
+  "population.hparams",
+  "population.vary_seed",
+  "train.steps",
+  "train.eval_every",
+  "train.checkpoint_every",
+  "train.keep_checkpoints",
+  "train.patience",
+  "train.max_nonfinite",
+  "data.data_dir",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Term:
+  """An active loss term: its options fixed in the program (strings, ints, bools) and the names
+  of its float options, which come from the hyperparameters like its weight."""
+
+  name: str
+  static: dict
+  floats: tuple[str, ...]
+
+  def options(self, h: dict) -> dict:
+    """Every option's value, the floats from the hyperparameters `h` (`RunPlan.values_in`)."""
+    return {**self.static, **{o: h[f"loss.{self.name}.{o}"] for o in self.floats}}
+
+  def weight(self, h: dict):
+    return h[f"loss.{self.name}.weight"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+  config: object  # the validated config (static settings: widths, optimiser betas, cadences)
+  method: methods.Method
+  spec: DataSpec | None
+  terms: tuple[Term, ...]  # the active terms, by name
+  seeds: tuple[int, ...]  # per member
+  values: dict  # {candidate key: (value of member 0, ...)}: every hyperparameter that may be traced
+  traced: tuple[str, ...]  # the keys that enter the step as traced scalars
+  program_key: str | None  # what shapes the training loop beyond its arguments (None: no spec)
+
+  @property
+  def size(self) -> int:
+    return len(self.seeds)
+
+  @property
+  def adversarial(self) -> bool:
+    return bool(self.config.adv.enabled)
+
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    return (*STEP_METRICS, *(f"loss_{t.name}" for t in self.terms))
+
+  @property
+  def hparams(self) -> dict[str, jnp.ndarray]:
+    """{traced key: float32 [P]}: the members' values, as the train state carries them."""
+    return {k: jnp.asarray(self.values[k], jnp.float32) for k in self.traced}
+
+  def values_in(self, traced: dict) -> dict:
+    """Every candidate hyperparameter inside the step: the traced values of `traced` (one
+    member's `state.hparams`), the others as the Python constants they are (0.0)."""
+    return {k: traced[k] if k in self.traced else float(v[0]) for k, v in self.values.items()}
+
+  def member_values(self, key: str) -> np.ndarray:
+    """float32 [P]: each member's value of a candidate key (e.g. "model.mu")."""
+    return np.asarray(self.values[key], np.float32)
+
+  def describe(self) -> list[dict]:
+    """Per member: its seed and the values of the keys that differ between members."""
+    differing = [k for k in self.traced if len(set(self.values[k])) > 1]
+    return [
+      {"seed": s, **{k: float(self.values[k][m]) for k in differing}}
+      for m, s in enumerate(self.seeds)
+    ]
+
+
+def resolve(config, spec: DataSpec | None = None) -> RunPlan:
+  """The plan of `config`; ConfigError (one line) for anything it cannot train.
+
+  Args:
+    config: a config of the `mscross.config` schema.
+    spec: the training data's modalities, widths and classes, once known; without it the
+      checks that need the data are skipped and the plan has no program key.
+  """
+  config_lib.validate(config)
+  method = methods.get(config.method)
+  terms, term_values = _terms(config, spec)
+  size = int(config.population.size)
+  defaults = {**{k: dotted.get(config, k) for k in BASE_TRACED}, **term_values}
+  sweep = _sweep(config, size, defaults)
+  seeds = tuple(int(config.seed) + (m if config.population.vary_seed else 0) for m in range(size))
+  values = {
+    key: tuple(float(v) for v in sweep.get(key, [value] * size)) for key, value in defaults.items()
+  }
+  values[RUN_LENGTH] = (float(config.train.steps),) * size
+  traced = tuple(k for k, v in values.items() if any(x != 0.0 for x in v))
+  if spec is not None:
+    _check_data(config, spec)
+  key = None if spec is None else _program_key(config, spec, traced)
+  return RunPlan(config, method, spec, terms, seeds, values, traced, key)
+
+
+def _terms(config, spec) -> tuple[tuple[Term, ...], dict]:
+  """The active terms, and {loss.<term>.<weight or float option>: value} of each."""
+  terms, values = [], {}
+  for name in sorted(config.loss.keys()):
+    entry = registry.complete_options(name, config.loss[name])
+    weight = entry.pop("weight")
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+      raise ConfigError(f"config.loss.{name}.weight must be a number, got {weight!r}")
+    if weight == 0.0:
+      continue
+    floats = tuple(o for o, v in sorted(entry.items()) if type(v) is float)
+    static = {o: v for o, v in entry.items() if o not in floats}
+    terms.append(Term(name, static, floats))
+    values[f"loss.{name}.weight"] = weight
+    values.update({f"loss.{name}.{o}": entry[o] for o in floats})
+  if not terms:
+    raise ConfigError("config.loss has no term with a non-zero weight")
+  labelled = bool(config.data.labels) and (spec is None or spec.num_classes > 0)
+  needy = [t.name for t in terms if registry.term(t.name).needs_labels]
+  if needy and not labelled:
+    raise ConfigError(
+      f"loss term(s) {', '.join(needy)} predict class labels, but the training data has none "
+      f"(data.labels={config.data.labels}); set their weight to 0 or use labelled data"
+    )
+  return tuple(terms), values
+
+
+def _sweep(config, size: int, candidates: dict) -> dict[str, list]:
+  """`population.hparams`, checked: traced keys only, one finite number per member."""
+  raw = config.population.hparams
+  if not raw:
+    return {}
+  try:
+    sweep = json.loads(raw) if isinstance(raw, str) else dict(raw)
+  except json.JSONDecodeError as e:
+    raise ConfigError(f"config.population.hparams is not a JSON object: {e}") from None
+  if not isinstance(sweep, dict):
+    raise ConfigError("config.population.hparams must be a JSON object {key: [values]}")
+  allowed = set(candidates)
+  for key, values in sweep.items():
+    if key not in allowed:
+      raise ConfigError(
+        f"config.population.hparams: {key!r} cannot differ between members (it changes the "
+        f"program's shape or is not an active float setting); these can: {sorted(allowed)}"
+      )
+    if not isinstance(values, list | tuple) or len(values) != size:
+      raise ConfigError(
+        f"config.population.hparams[{key!r}] needs one value per member ({size}), got {values!r}"
+      )
+    for v in values:
+      if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
+        raise ConfigError(f"config.population.hparams[{key!r}]: {v!r} is not a finite number")
+  return sweep
+
+
+def _check_data(config, spec: DataSpec) -> None:
+  modalities = spec.modalities
+  if len(modalities) < 2:
+    raise ConfigError(f"cross-modal retrieval needs 2 or more modalities, got {modalities}")
+  for section in ("model.encoders", "data.powers"):
+    unknown = sorted(set(dotted.get(config, section).keys()) - set(modalities))
+    if unknown:
+      raise ConfigError(
+        f"config.{section} names {', '.join(unknown)}, which the dataset "
+        f"{config.data.name!r} does not have (its modalities: {', '.join(modalities)})"
+      )
+  metric = config.eval.select_metric
+  prefix = metric.split("_", 1)[0]
+  directions = [key for key, _, _ in metrics.direction_names(tuple(modalities))]
+  if prefix != "avg" and prefix not in directions:
+    raise ConfigError(
+      f"config.eval.select_metric={metric!r}: its direction must be avg or one of "
+      f"{', '.join(directions)}"
+    )
+
+
+def _program_key(config, spec: DataSpec, traced) -> str:
+  """What shapes the training loop beyond its arguments' shapes (see `program_cache`)."""
+  skip = {*traced, *_NOT_IN_PROGRAM}
+  flat = dotted.flatten(config)
+  kept = {k: v for k, v in flat.items() if k not in skip and not k.startswith("eval.")}
+  return json.dumps({"config": kept, "spec": spec.to_json()}, sort_keys=True, default=str)

@@ -1,0 +1,70 @@
+"""The training program of a run plan: `build(plan, num_examples)` is the one public way to get
+what training needs (the networks, the optimisers, the initial state, the donated device loop and
+the embedding function). The trainer, the hyperparameter search, the benchmarks and the tests all
+build their programs here, so what they run is what train.py runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from mscross.methods import models
+from mscross.training import evaluation, loop, step
+from mscross.training.plan import RunPlan
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  plan: RunPlan
+  net: models.CrossModalNet
+  disc: models.ModalityDiscriminator
+  txs: dict[str, optax.GradientTransformation]
+  mesh: Mesh
+  step: Callable  # one member's step over the mesh axis (`step.make_step`)
+  loop: loop.TrainLoop  # (state, data, num_steps) -> (state, mean metrics), the state donated
+  embed: Callable  # (gen params [P, ...], inputs, mu [P]) -> ranked embeddings [P, K, N, e]
+
+  def init_state(self) -> step.TrainState:
+    """The population's initial state: every member's seed and traced hyperparameters."""
+    p = self.plan
+    return step.init_population(self.net, self.disc, p.spec, self.txs, p.seeds, p.hparams)
+
+  @property
+  def mu(self) -> jnp.ndarray:
+    """float32 [P]: each member's weight of the common part in joint retrieval."""
+    return jnp.asarray(self.plan.member_values("model.mu"))
+
+  def member_shapes(self) -> step.TrainState:
+    """One member's state as shapes and dtypes (no computation)."""
+    state = jax.eval_shape(self.init_state)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
+
+
+def build(plan: RunPlan, num_examples: int, *, cache: bool = True) -> Program:
+  """The program of `plan` (resolved with its data spec) for a training split of `num_examples`
+  pairs, on `config.parallel.num_devices` devices. `cache=False` never keeps the traced loop on
+  disk (`program_cache`)."""
+  if plan.spec is None:
+    raise ValueError("build() needs a plan resolved with the data spec: plan.resolve(config, spec)")
+  c = plan.config
+  net, disc = models.build_models(c, plan.spec)
+  txs = step.make_optimizers(c.optim)
+  mesh = loop.make_mesh(loop.resolve_num_devices(c))
+  step_fn = step.make_step(plan, net, disc, txs, axis_name=loop.AXIS)
+  train_loop = loop.TrainLoop(
+    step_fn,
+    mesh,
+    num_examples,
+    int(c.train.batch_size),
+    feed=c.parallel.feed,
+    host_steps=int(c.parallel.host_steps),
+    program_key=plan.program_key if cache else None,
+  )
+  embed = evaluation.make_population_embed_fn(c, net)
+  return Program(plan, net, disc, txs, mesh, step_fn, train_loop, embed)
