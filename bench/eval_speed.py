@@ -179,7 +179,7 @@ def child_loop(n: int, num_queries: int) -> dict:
 
 
 def child_search(n: int, k: int) -> dict:
-  from mscross.retrieval import Index
+  from mscross.retrieval.index import Index
 
   queries, gallery, _, _ = problem(n)
   with Clock() as build:

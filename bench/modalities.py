@@ -29,7 +29,8 @@ import time
 
 import numpy as np
 
-from mscross import baselines, input_pipeline, presets, trainer
+from mscross import baselines, presets
+from mscross.training import input_pipeline, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = ("fou", "kar", "pix")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from mscross import data, dotted, methods
 from mscross.config import base_config
+from mscross.errors import ConfigError, DataError
 from mscross.methods import registry
 
 # Per (method, dataset family) values, each chosen on the validation split.
@@ -27,7 +28,10 @@ def build(method: str, dataset: str, *, labels: bool = True):
   label-prediction terms switched off."""
   spec = methods.get(method)
   dataset = data.canonical_name(dataset)
-  builder = data.builder(dataset)
+  try:
+    builder = data.builder(dataset)
+  except DataError as e:  # a name on the command line, not a problem with data files
+    raise ConfigError(str(e)) from None
   c = base_config()
   c.method = method
   c.data.name = dataset
@@ -35,9 +39,9 @@ def build(method: str, dataset: str, *, labels: bool = True):
     dotted.set_(c, key, value)
   spec.configure(c)
   c.adv.enabled = spec.adversarial
+  c.loss = {name: registry.complete_options(name, entry) for name, entry in c.loss.items()}
   for key, value in TUNED.get((method, builder.NAME), {}).items():
     dotted.set_(c, key, value)
-  c.loss = {name: registry.complete_options(name, entry) for name, entry in c.loss.items()}
   if not labels:
     c.data.labels = False
     for name in list(c.loss.keys()):

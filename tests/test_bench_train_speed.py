@@ -1,6 +1,7 @@
 """bench/train_speed.py runs: its quick mode's JAX sections on tiny models, one tiny train.py
 process, and the report of the process sections on canned figures. With PyTorch installed, the
-reference computes the same loss as mscross.
+reference computes the same loss as mscross. The sections are modules beside it in bench/ (a
+script's own folder is on its import path); the test puts bench/ there to load them.
 
 Only that the code works is checked here; speed is the benchmark's business, not a test's.
 """
@@ -14,18 +15,30 @@ import pytest
 
 from mscross import presets
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "train_speed.py"
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+BENCH = BENCH_DIR / "train_speed.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
+  """bench/train_speed.py as a module; its sections as `bench.dscmr`, `bench.populations`,
+  `bench.processes`, and `bench.workloads`, `bench.timing`."""
+  sys.path.insert(0, str(BENCH_DIR))
   spec = importlib.util.spec_from_file_location("bench_train_speed", BENCH)
   module = importlib.util.module_from_spec(spec)
   # dataclasses look their module up in sys.modules while the class body is processed.
   sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  yield module
-  sys.modules.pop(spec.name, None)
+  try:
+    spec.loader.exec_module(module)
+    module.timing = sys.modules["speed_timing"]
+    module.workloads = sys.modules["speed_workloads"]
+    yield module
+  finally:
+    sys.path.remove(str(BENCH_DIR))
+    # The sections' modules too, so that no other test imports them by accident.
+    for name, m in list(sys.modules.items()):
+      if name == spec.name or Path(getattr(m, "__file__", None) or "/").parent == BENCH_DIR:
+        sys.modules.pop(name, None)
 
 
 def tiny_config(method: str):
@@ -45,34 +58,35 @@ def tiny_config(method: str):
 
 
 def tiny_problem(bench):
-  return bench.random_problem(num_pairs=12, d_img=6, d_txt=5, num_classes=3)
+  return bench.workloads.random_problem(num_pairs=12, d_img=6, d_txt=5, num_classes=3)
 
 
 def test_dscmr_preset_check_and_flops(bench):
-  assert bench.check_dscmr_preset(presets.build("dscmr", "wikipedia")) == []
-  assert bench.check_dscmr_preset(tiny_config("dscmr"))  # the tiny layers are departures
-  flops = bench.dscmr_step_flops(100, 128, 10, 2048, 1024, 10)
+  assert bench.dscmr.check_dscmr_preset(presets.build("dscmr", "wikipedia")) == []
+  assert bench.dscmr.check_dscmr_preset(tiny_config("dscmr"))  # the tiny layers are departures
+  flops = bench.dscmr.dscmr_step_flops(100, 128, 10, 2048, 1024, 10)
   assert flops["total"] == pytest.approx(2.83e9, rel=0.01)
 
 
 def test_timing_helpers(bench):
-  stats = bench.summarise(2, [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0)])
+  stats = bench.timing.summarise(2, [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0)])
   assert stats["median"] == pytest.approx(2.0)
   assert stats["per_cpu_s"] == pytest.approx(2.0)
   calls = []
-  runners = [bench.Runner(name, lambda n, name=name: calls.append((name, n))) for name in "ab"]
-  times = bench.interleaved_repeats(runners, [3, 4], repeats=2, warmup=False)
+  timing = bench.timing
+  runners = [timing.Runner(name, lambda n, name=name: calls.append((name, n))) for name in "ab"]
+  times = timing.interleaved_repeats(runners, [3, 4], repeats=2, warmup=False)
   assert [len(t) for t in times] == [2, 2]
   # Round 1 starts with the second workload.
   assert calls == [("a", 3), ("b", 4), ("b", 4), ("a", 3)]
-  with bench.CpuMeter("both") as meter:
+  with timing.CpuMeter("both") as meter:
     sum(range(10_000))
   assert meter.result["wall_s"] > 0 and "loadavg_after" in meter.result
 
 
 def test_quick_jax_sections_write_the_report(bench, tmp_path, monkeypatch):
-  monkeypatch.setattr(bench, "preset", tiny_config)
-  monkeypatch.setattr(bench, "check_dscmr_preset", lambda config: [])
+  monkeypatch.setattr(bench.workloads, "preset", tiny_config)
+  monkeypatch.setattr(bench.dscmr, "check_dscmr_preset", lambda config: [])
   monkeypatch.setattr(bench, "NUM_PAIRS", 40)
   args = ["--quick", "--sections", "1,2", "--methods", "dscmr", "--sizes", "1,2"]
   out = bench.main([*args, "--out", str(tmp_path)])
@@ -92,11 +106,12 @@ def test_quick_jax_sections_write_the_report(bench, tmp_path, monkeypatch):
 def test_train_py_process_on_synthetic_features(bench, tmp_path, monkeypatch):
   monkeypatch.delenv("MSCROSS_DATA_DIR", raising=False)
   monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path / "cache"))
-  data = bench.run_data(tmp_path)
+  processes = bench.processes
+  data = processes.run_data(tmp_path)
   assert data.name == "features"
-  train = bench.prepared_train_split(bench.run_config("dscmr", data))
-  assert train.features["image"].shape[1] == bench.WIKI_D_IMG
-  run = bench.train_py(
+  train = processes.prepared_train_split(processes.run_config("dscmr", data))
+  assert train.features["image"].shape[1] == bench.workloads.WIKI_D_IMG
+  run = processes.train_py(
     "dscmr",
     data,
     steps=2,
@@ -127,24 +142,27 @@ def _fake_run(method, data, *, steps, population_size, workdir, jax_cache, **kw)
 
 
 def test_process_sections_report_targets(bench, tmp_path, monkeypatch):
-  monkeypatch.setattr(bench, "train_py", _fake_run)
-  monkeypatch.setattr(bench, "python_c", lambda code: {"code": code, "wall_s": 1.0, "cpu_s": 1.0})
+  processes = bench.processes
+  monkeypatch.setattr(processes, "train_py", _fake_run)
+  monkeypatch.setattr(
+    processes, "python_c", lambda code: {"code": code, "wall_s": 1.0, "cpu_s": 1.0}
+  )
   problem = tiny_problem(bench)
-  monkeypatch.setattr(bench, "prepared_train_split", lambda config: problem.split())
-  monkeypatch.setattr(bench, "run_config", lambda method, data: tiny_config(method))
+  monkeypatch.setattr(processes, "prepared_train_split", lambda config: problem.split())
+  monkeypatch.setattr(processes, "run_config", lambda method, data: tiny_config(method))
   args = bench.parse_args(["--quick", "--methods", "mnsgan,dscmr", "--dscmr-steps", "3"])
-  data = bench.RunData("wikipedia", (), "test data")
+  data = processes.RunData("wikipedia", (), "test data")
   out = {}
-  lines, targets = bench.section_time_to_model(args, out, data, tmp_path)
-  more, startup = bench.section_startup(args, out, data, tmp_path)
+  lines, targets = processes.section_time_to_model(args, out, data, tmp_path)
+  more, startup = processes.section_startup(args, out, data, tmp_path)
   names = [t["target"] for t in targets + startup]
-  assert any(bench.TARGET_GAN_SEEDS in n for n in names)
-  assert any(bench.TARGET_STARTUP in n for n in names)
-  gan = next(t for t in targets if bench.TARGET_GAN_SEEDS in t["target"])
+  assert any(processes.TARGET_GAN_SEEDS in n for n in names)
+  assert any(processes.TARGET_STARTUP in n for n in names)
+  gan = next(t for t in targets if processes.TARGET_GAN_SEEDS in t["target"])
   assert gan["met"]  # 15 s against 11 s
   assert startup[0]["met"]  # 2.5 s
-  has_torch = bench.torch is not None
-  assert any(bench.TARGET_DSCMR_FIVE in n for n in names) == has_torch
+  has_torch = bench.dscmr.torch is not None
+  assert any(processes.TARGET_DSCMR_FIVE in n for n in names) == has_torch
   report = "\n".join(lines + more + bench.target_lines(targets + startup))
   assert "| mnsgan | 5 | 100 |" in report and "**MET**" in report
   json.dumps(out, default=bench._json)
@@ -154,8 +172,8 @@ def test_loss_agreement_with_pytorch(bench):
   pytest.importorskip("torch")
   problem = tiny_problem(bench)
   config = tiny_config("dscmr")
-  agreement = bench.loss_agreement(config, problem)
+  agreement = bench.dscmr.loss_agreement(config, problem)
   assert agreement["abs_diff"] < 1e-4 * max(1.0, abs(agreement["torch"]))
-  bench.torch_step(config, problem, threads=1).run(2)
-  ref = bench.torch_reference_runs(config, problem.split(), steps=4, seeds=[0, 1])
+  bench.dscmr.torch_step(config, problem, threads=1).run(2)
+  ref = bench.dscmr.torch_reference_runs(config, problem.split(), steps=4, seeds=[0, 1])
   assert len(ref["walls_s"]) == 2

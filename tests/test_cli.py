@@ -4,11 +4,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = [
   "--config.train.steps=20",
   "--config.train.eval_every=10",
@@ -19,7 +18,7 @@ TINY = [
 ]
 
 
-def run(*args, cwd=ROOT):
+def run(*args, cwd=REPO):
   return subprocess.run(
     [sys.executable, *args],
     cwd=cwd,

@@ -8,14 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from mscross import config as config_lib
-from mscross import data, methods, presets, tuning
+from mscross import data, dotted, methods, presets, tuning
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {
   "train.steps": 20,
   "train.eval_every": 10,
@@ -26,7 +25,7 @@ TINY = {
 def tiny_config():
   c = presets.build("mnsgan", "digits_halves")
   for key, value in TINY.items():
-    config_lib.set_dotted(c, key, value)
+    dotted.set_(c, key, value)
   return c
 
 
@@ -137,7 +136,7 @@ def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path
   workdir = tmp_path / "shared"
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   procs = [
-    subprocess.Popen(_tune_cmd(workdir, 4), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    subprocess.Popen(_tune_cmd(workdir, 4), cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     for _ in range(2)
   ]
   for p in procs:
@@ -153,7 +152,7 @@ def test_two_workers_share_one_study_without_losing_or_repeating_trials(tmp_path
 def test_a_killed_sweep_resumes_and_retries_the_trials_it_was_running(tmp_path):
   workdir = tmp_path / "killed"
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  proc = subprocess.Popen(_tune_cmd(workdir, 3), cwd=ROOT, env=env, stderr=subprocess.PIPE)
+  proc = subprocess.Popen(_tune_cmd(workdir, 3), cwd=REPO, env=env, stderr=subprocess.PIPE)
   deadline = time.monotonic() + 300
   while time.monotonic() < deadline:
     db = workdir / "study.db"
@@ -163,7 +162,7 @@ def test_a_killed_sweep_resumes_and_retries_the_trials_it_was_running(tmp_path):
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
   proc.wait(timeout=60)
-  rerun = subprocess.run(_tune_cmd(workdir, 3), cwd=ROOT, env=env, capture_output=True, text=True)
+  rerun = subprocess.run(_tune_cmd(workdir, 3), cwd=REPO, env=env, capture_output=True, text=True)
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   states = dict(_states(workdir))
   done = [n for n, s in states.items() if s in ("COMPLETE", "PRUNED")]

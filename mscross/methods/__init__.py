@@ -5,6 +5,6 @@ Nothing here reads or writes a config file: a method's `configure` sets keys on 
 handed, and the run plan (`mscross.training.plan`) resolves a config against these registries.
 """
 
-from mscross.methods.registry import LOSS_TERMS, METHODS, Method, Param, get, names
+from mscross.methods.registry import LOSS_TERMS, METHODS, Method, Param, apply_params, get, names
 
-__all__ = ["LOSS_TERMS", "METHODS", "Method", "Param", "get", "names"]
+__all__ = ["LOSS_TERMS", "METHODS", "Method", "Param", "apply_params", "get", "names"]

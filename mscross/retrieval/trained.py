@@ -26,6 +26,7 @@ from mscross.methods import models
 from mscross.retrieval import index as index_lib
 from mscross.training import checkpoints, evaluation, input_pipeline
 from mscross.training import plan as plan_lib
+from mscross.training import step as step_lib
 from mscross.training import workdir as workdir_lib
 
 
@@ -65,7 +66,7 @@ class Workdir:
     return self.plan.size
 
   def _restore_best(self):
-    one = jax.eval_shape(lambda: step.init_generator(self.net, self.spec))
+    one = jax.eval_shape(lambda: step_lib.init_generator(self.net, self.spec))
     target = {
       "gen": jax.tree.map(lambda s: np.zeros((self.size, *s.shape), s.dtype), one),
     }

@@ -40,6 +40,10 @@ class Program:
     """float32 [P]: each member's weight of the common part in joint retrieval."""
     return jnp.asarray(self.plan.member_values("model.mu"))
 
+  def member_step(self) -> Callable:
+    """One member's step without a device mesh (`jax.jit` it, lower it, or vmap it)."""
+    return step.make_step(self.plan, self.net, self.disc, self.txs)
+
   def member_shapes(self) -> step.TrainState:
     """One member's state as shapes and dtypes (no computation)."""
     state = jax.eval_shape(self.init_state)

@@ -3,24 +3,22 @@ tracing, and computes exactly what the traced loop computes."""
 
 import jax
 import numpy as np
+from conftest import flat, program_of, small_config, spec_of, synthetic_split
 
-from mscross import parallel, program_cache, train_step
-from tests.test_train_step import _split, flat, setup, small_config, spec_of
+from mscross.training import loop, program_cache
 
 
 def _loop(config, key, split):
-  net, disc, txs, _ = setup(config, spec_of(), size=2)
-  step_fn = train_step.make_step(config, net, disc, txs, 50, axis_name=parallel.AXIS)
-  mesh = parallel.make_mesh(1)
-  loop = parallel.TrainLoop(step_fn, mesh, len(split), 8, program_key=key)
-  state = parallel.replicate(setup(config, spec_of(), size=2)[3], mesh)
-  return loop, state
+  prog = program_of(config, spec_of(), len(split))
+  # The same loop under another program key stands for another config's program.
+  train_loop = loop.TrainLoop(prog.step, prog.mesh, len(split), 8, program_key=key)
+  return train_loop, loop.replicate(prog.init_state(), prog.mesh)
 
 
 def test_a_second_run_loads_the_program_and_trains_identically(tmp_path, monkeypatch):
   config = small_config()
   config.population.size = 2
-  split = _split()
+  split = synthetic_split(40, seed=1)
   # Without a cache directory: traced as usual (the reference).
   monkeypatch.setattr(program_cache, "DIRECTORY", None)
   loop, state = _loop(config, "key", split)

@@ -10,8 +10,8 @@ import numpy as np
 import optax
 import pytest
 
-from mscross.checkpoints import CheckpointStore
 from mscross.errors import CheckpointError
+from mscross.training.checkpoints import CheckpointStore
 
 
 def make_state(seed=0, width=4):

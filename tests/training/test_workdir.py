@@ -2,7 +2,7 @@
 by a run that is refused: real train.py and eval.py processes on the embedded digits_halves
 dataset (two concurrent runs, resumes with another config, kill -9 and rerun, evaluation during
 training, an input transform that makes the data non-finite), plus unit tests of
-`mscross.workdir`."""
+`mscross.training.workdir`."""
 
 import fcntl
 import json
@@ -18,13 +18,13 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
+from conftest import REPO
 
-from mscross import config as config_lib
-from mscross import data, input_pipeline
-from mscross import workdir as workdir_lib
+from mscross import data
 from mscross.errors import ConfigError, DataError
+from mscross.training import input_pipeline
+from mscross.training import workdir as workdir_lib
 
-ROOT = Path(__file__).resolve().parents[1]
 # Every run of the module compiles the same programs, so the compilation cache serves them all.
 STEPS, EVERY = 2000, 500
 
@@ -60,7 +60,7 @@ def start(env, workdir, *args, script="train.py"):
   args = args or tuple(train_args())
   return subprocess.Popen(
     [sys.executable, script, "--workdir", str(workdir), *args],
-    cwd=ROOT,
+    cwd=REPO,
     env=env,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
@@ -240,7 +240,7 @@ def test_allowed_config_change_continues_and_is_recorded(tmp_path, env, referenc
     "config_change": {"optim.lr": [0.001, 0.003], "train.steps": [STEPS, more]},
   }
   assert [r["step"] for r in added[1:]] == [more]
-  stored = config_lib.load_config(str(workdir))
+  stored = workdir_lib.read_config(str(workdir))
   assert stored.optim.lr == 0.003 and stored.train.steps == more
   assert json.loads((workdir / "metrics.json").read_text())["steps"] == more
 
@@ -385,7 +385,7 @@ def test_normalizer_keeps_the_power_key_through_save_and_load(tmp_path):
     loaded.transform("b", np.zeros((1, 2), np.float32))
 
 
-# Units of mscross.workdir.
+# Units of mscross.training.workdir.
 
 
 def cfg(**values):
@@ -420,7 +420,7 @@ def test_config_diff_ignores_safe_keys_and_json_round_trips():
 
 def test_check_resume_lists_method_first_however_many_keys_differ(tmp_path):
   stored = cfg(method="mnsgan", **{f"loss__t{i}__weight": 1.0 for i in range(12)})
-  config_lib.save_config(stored, str(tmp_path))
+  workdir_lib.write_config(str(tmp_path), stored)
   new = cfg(method="acmr", **{f"loss__t{i}__weight": 2.0 for i in range(12)})
   with pytest.raises(ConfigError) as e:
     workdir_lib.check_resume(str(tmp_path), new, allow_change=False)

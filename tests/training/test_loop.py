@@ -6,7 +6,8 @@ train like one; the non-finite guard holds on every replica; bfloat16 compute.
 
 Fake CPU devices need the device count set before JAX starts, and this pytest process has already
 started JAX, so the multi-device checks run this file as a script in a subprocess
-(`python tests/test_parallel.py <command> <devices>`), which prints its measurements as JSON.
+(`python tests/training/test_loop.py <command> <devices>`, with tests/ on PYTHONPATH), which
+prints its measurements as JSON.
 Steps on fake devices are fetched one at a time: all-gather steps dispatched back to back can
 deadlock there.
 """
@@ -26,80 +27,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO, flat, member, program_of, small_config, spec_of, synthetic_split
 
 from mscross import config as config_lib
-from mscross import data, input_pipeline, models, parallel, population, presets, train_step
+from mscross import data, presets
 from mscross.errors import ConfigError
+from mscross.training import input_pipeline, loop
 
-ROOT = Path(__file__).resolve().parents[1]
-D_IMG, D_TXT, C, N_EXAMPLES, BATCH, STEPS = 12, 7, 4, 64, 16, 20
+N_EXAMPLES, BATCH, STEPS = 64, 16, 20
+SPEC = spec_of(("image", "text"))
 
 
-def small_config(method="acmr", mode="alternating", size=1, **overrides):
-  c = config_lib.base_config()
-  c.method = method
-  c.model.encoder_layers = (16,)
-  c.model.width = 8
-  c.disc.layers = (8, 4)
-  c.adv.mode = mode
-  c.optim.lr = 1e-3
-  c.train.batch_size = BATCH
-  c.train.steps = 50
-  if method == "mnsgan":
-    c.loss = dict(
-      label=dict(weight=1.0),
-      multi_negative=dict(weight=1.0, tau=0.1, negatives="all", k=5, intra_weight=0.5),
-      reg=dict(weight=1e-2),
-    )
-  else:  # ACMR: random negatives; a large reg weight makes a mis-scaled reg gradient visible
-    c.loss.reg = dict(weight=1e-2)
-  c.population.size = size
+def loop_config(method="acmr", mode="alternating", size=1):
+  """The small config of `method` (a large reg weight makes a mis-scaled reg gradient visible;
+  ACMR draws random negatives), members differing in learning rate."""
+  c = small_config(
+    method,
+    {"adv.mode": mode, "loss.reg.weight": 1e-2, "train.batch_size": BATCH, "population.size": size},
+  )
   if size > 1:
     c.population.hparams = json.dumps({"optim.lr": [1e-3 * (i + 1) for i in range(size)]})
-  for key, value in overrides.items():
-    section, name = key.split("__")
-    c[section][name] = value
   return c
 
 
-SPEC = models.DataSpec(("image", "text"), (D_IMG, D_TXT), C)
-
-
-def synthetic_split(seed=0):
-  rng = np.random.default_rng(seed)
-  labels = np.eye(C, dtype=np.float32)[rng.integers(0, C, N_EXAMPLES)]
-  return data.Split(
-    features={
-      "image": rng.normal(size=(N_EXAMPLES, D_IMG)).astype(np.float32),
-      "text": rng.normal(size=(N_EXAMPLES, D_TXT)).astype(np.float32),
-    },
-    label=labels,
-    ids=np.arange(N_EXAMPLES).astype(str),
-    class_names=tuple(f"c{i}" for i in range(C)),
-  )
-
-
 def setup(config, num_devices, feed="device"):
-  members = population.member_configs(config)
-  keys = population.traced_keys(members)
-  net, disc = models.build_models(config, SPEC)
-  txs = train_step.make_optimizers(config)
-  state = train_step.init_population(
-    net,
-    disc,
-    SPEC,
-    txs,
-    population.member_seeds(members),
-    population.stacked_hparams(members, keys),
+  config.parallel.num_devices, config.parallel.feed, config.parallel.host_steps = (
+    num_devices,
+    feed,
+    8,
   )
-  mesh = parallel.make_mesh(num_devices)
-  step_fn = train_step.make_step(config, net, disc, txs, 50, axis_name=parallel.AXIS)
-  loop = parallel.TrainLoop(step_fn, mesh, N_EXAMPLES, BATCH, feed=feed, host_steps=8)
-  return loop, parallel.replicate(state, mesh)
-
-
-def flat(tree):
-  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+  prog = program_of(config, SPEC, N_EXAMPLES)
+  return prog.loop, loop.replicate(prog.init_state(), prog.mesh)
 
 
 # --- run in a subprocess with fake CPU devices ------------------------------------------------
@@ -116,12 +74,12 @@ CASES = [
 
 
 def _train(config, split, num_devices, feed):
-  loop, state = setup(config, num_devices, feed)
-  data_ = loop.data(split)
+  train_loop, state = setup(config, num_devices, feed)
+  data_ = train_loop.data(split)
   history = []
   for _ in range(STEPS):
-    state, m = loop(state, data_, 1)
-    history.append({k: np.asarray(v, np.float64).tolist() for k, v in parallel.to_host(m).items()})
+    state, m = train_loop(state, data_, 1)
+    history.append({k: np.asarray(v, np.float64).tolist() for k, v in loop.to_host(m).items()})
   return state, history
 
 
@@ -135,16 +93,16 @@ def _replicas_identical(state) -> bool:
 
 def _nonfinite_guard(split):
   """A NaN in ONE device's rows at step 0: every replica skips the step and stays identical."""
-  config = small_config("mnsgan")
-  loop, state = setup(config, 8)
-  key = parallel.to_host(state.data_key)[0]
+  config = loop_config("mnsgan")
+  train_loop, state = setup(config, 8)
+  key = loop.to_host(state.data_key)[0]
   first = np.asarray(input_pipeline.batch_indices(key, 0, N_EXAMPLES, BATCH))
   image = split.features["image"].copy()
   image[int(first[BATCH - 1]), 0] = np.nan  # the last device's last row
   bad = data.Split({"image": image, "text": split.features["text"]}, split.label, split.ids, ())
-  before = flat(parallel.to_host(state.params))
-  state, _ = loop(state, loop.data(bad), 1)
-  host = parallel.to_host(state)
+  before = flat(loop.to_host(state.params))
+  state, _ = train_loop(state, train_loop.data(bad), 1)
+  host = loop.to_host(state)
   return {
     "skipped": int(host.skipped[0]),
     "nonfinite_run": int(host.nonfinite_run[0]),
@@ -154,36 +112,35 @@ def _nonfinite_guard(split):
 
 
 def _equivalence():
-  split, cases, singles = synthetic_split(), {}, {}
+  split, cases, singles = synthetic_split(N_EXAMPLES, ("image", "text")), {}, {}
   for method, mode, num_devices, feed, size in CASES:
-    config = small_config(method, mode, size)
+    config = loop_config(method, mode, size)
     t0 = time.perf_counter()
     if (method, mode, size) not in singles:
       singles[method, mode, size] = _train(config, split, 1, "device")
     single, h1 = singles[method, mode, size]
     multi, hn = _train(config, split, num_devices, feed)
-    p1, pn = flat(parallel.to_host(single.params)), flat(parallel.to_host(multi.params))
-    start = flat(parallel.to_host(setup(config, 1)[1].params))
+    p1, pn = flat(loop.to_host(single.params)), flat(loop.to_host(multi.params))
+    start = flat(loop.to_host(setup(config, 1)[1].params))
     cases[f"{method}-{mode}-{num_devices}-{feed}-{size}"] = {
       "param_max_abs_diff": float(np.max(np.abs(p1 - pn))),
       "moved": float(np.max(np.abs(p1 - start))),
       "metrics": {k: [[a[k] for a in h1], [b[k] for b in hn]] for k in h1[0]},
       "replicas_identical": _replicas_identical(multi),
-      "steps": int(parallel.to_host(multi.step)[0]),
+      "steps": int(loop.to_host(multi.step)[0]),
       "seconds": time.perf_counter() - t0,
     }
   return {"cases": cases, "guard": _nonfinite_guard(split), "device_checks": _device_checks()}
 
 
 def _device_checks():
-  """config.validate's messages for device counts, with the 8 fake devices of this process."""
+  """The device-count messages, with the 8 fake devices of this process."""
   out = {}
   for name, devices, batch in (("divisible", 3, BATCH), ("too_many", 9, 18), ("all", 0, BATCH)):
-    c = small_config()
+    c = loop_config()
     c.parallel.num_devices, c.train.batch_size = devices, batch
     try:
-      config_lib.validate(c)
-      out[name] = parallel.resolve_num_devices(c)
+      out[name] = loop.resolve_num_devices(c)
     except ConfigError as e:
       out[name] = str(e)
   return out
@@ -191,19 +148,12 @@ def _device_checks():
 
 def _bfloat16():
   """bf16 compute next to float32 on the same params, then 5 bf16 training steps."""
-  c32, c16 = small_config("mnsgan"), small_config("mnsgan")
+  c32, c16 = loop_config("mnsgan"), loop_config("mnsgan")
   c16.model.dtype = "bfloat16"
-  config_lib.validate(c16)
-  net16, disc16 = models.build_models(c16, SPEC)
-  net32, _ = models.build_models(c32, SPEC)
-  txs = train_step.make_optimizers(c16)
-  members = population.member_configs(c16)
-  keys = population.traced_keys(members)
-  state = train_step.init_population(
-    net16, disc16, SPEC, txs, [0], population.stacked_hparams(members, keys)
-  )
-  state = jax.tree.map(lambda x: x[0], state)
-  split = synthetic_split()
+  prog16, prog32 = program_of(c16, SPEC, N_EXAMPLES), program_of(c32, SPEC, N_EXAMPLES)
+  net16, disc16, net32 = prog16.net, prog16.disc, prog32.net
+  state = member(prog16.init_state())
+  split = synthetic_split(N_EXAMPLES, ("image", "text"))
   batch = {
     "inputs": {m: jnp.asarray(x[:BATCH]) for m, x in split.features.items()},
     "label": jnp.asarray(split.label[:BATCH]),
@@ -212,7 +162,7 @@ def _bfloat16():
   out32 = net32.apply({"params": state.params["gen"]}, batch["inputs"])
   logits = disc16.apply({"params": state.params["disc"]}, out16["emb"])
   before = flat(state.params)
-  step = jax.jit(train_step.make_step(c16, net16, disc16, txs, 50))
+  step = jax.jit(prog16.member_step())
   finite = True
   for _ in range(5):
     state, m = step(state, batch)
@@ -243,7 +193,8 @@ def tiny_trainer_config(steps=20):
 
 
 def _trainer(workdir):
-  from mscross import trained, trainer
+  from mscross.retrieval import trained
+  from mscross.training import trainer
 
   wd8, wd1 = os.path.join(workdir, "eight"), os.path.join(workdir, "one")
   config = tiny_trainer_config()
@@ -295,13 +246,16 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 def _env(**extra):
   flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-  return {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": flags, **extra}
+  # The scripts import the shared test builders (tests/conftest.py).
+  path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": flags, "PYTHONPATH": path}
+  return {**env, **extra}
 
 
 def _subprocess(*args, timeout=600):
   proc = subprocess.run(
     [sys.executable, *args],
-    cwd=ROOT,
+    cwd=REPO,
     capture_output=True,
     text=True,
     timeout=timeout,
@@ -411,7 +365,7 @@ def test_two_processes_train_like_eight_devices(eight_device_run, tmp_path):
         f"--workdir={run_dir}",
         *tiny,
       ],
-      cwd=ROOT,
+      cwd=REPO,
       stdout=subprocess.PIPE,
       stderr=subprocess.PIPE,
       text=True,
@@ -455,10 +409,10 @@ def test_global_batch_must_divide_over_the_devices(equivalence):
   assert "not divisible by the 3 devices" in checks["divisible"]
   assert "only 8 devices" in checks["too_many"]
   assert checks["all"] == 8
-  c = small_config()
+  c = loop_config()
   c.parallel.num_devices = jax.device_count() + 1
   with pytest.raises(ConfigError, match="only"):
-    config_lib.validate(c)
+    loop.resolve_num_devices(c)
 
 
 def test_bfloat16_trains_with_float32_params_and_close_outputs(equivalence):
@@ -473,7 +427,7 @@ def test_bfloat16_trains_with_float32_params_and_close_outputs(equivalence):
 
 
 def test_unknown_dtype_is_a_config_error():
-  c = small_config()
+  c = loop_config()
   c.model.dtype = "float16"
   with pytest.raises(ConfigError, match="model.dtype"):
     config_lib.validate(c)

@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from mscross import retrieval
 from mscross.errors import ConfigError, DataError
-from mscross.retrieval import Index
+from mscross.retrieval import index as retrieval
+from mscross.retrieval.index import Index
 
 
 def unit_np(x):

@@ -5,15 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA_DIR
 
 import mscross.data
 from mscross.data import dataset_modalities, load_split
 from mscross.errors import DataError
 
-# Resolved because errors name the resolved folder, and the data folder may be a link.
-DATA_DIR = Path(
-  os.environ.get("MSCROSS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
-).resolve()
 needs_real_data = pytest.mark.skipif(
   not (DATA_DIR / "uci_mfeat" / "mfeat-fou.csv").is_file(),
   reason=f"UCI mfeat CSVs not found in {DATA_DIR / 'uci_mfeat'} (set MSCROSS_DATA_DIR)",
@@ -158,7 +155,7 @@ def test_synthetic_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
     raise AssertionError("source re-read although the cache is valid")
 
   with monkeypatch.context() as patch:
-    patch.setattr(mscross.data.UciMfeat, "read_source", fail)
+    patch.setattr(mscross.data.uci_mfeat.UciMfeat, "read_source", fail)
     again = load_split("uci_mfeat/kar_mor", "test", tmp_path)
   np.testing.assert_array_equal(first.features["mor"], again.features["mor"])
 

@@ -6,72 +6,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import batch_of, flat, member, program_of, small_config, spec_of, synthetic_split
 
-from mscross import config as config_lib
-from mscross import data, input_pipeline, models, parallel, population, train_step
+from mscross.training import input_pipeline, loop
+from mscross.training import step as step_lib
 
-C, B = 4, 16
-DIMS = {"a": 12, "b": 7, "c": 5}
-
-
-def small_config(**adv):
-  c = config_lib.base_config()
-  c.model.encoder_layers = (16,)
-  c.model.width = 8
-  c.disc.layers = (8, 4)
-  c.train.steps = 50
-  c.train.batch_size = 8
-  c.optim.lr = 1e-3
-  for k, v in adv.items():
-    c.adv[k] = v
-  return c
+B = 16
 
 
-def spec_of(modalities=("a", "b"), num_classes=C):
-  return models.DataSpec(tuple(modalities), tuple(DIMS[m] for m in modalities), num_classes)
+def adv_config(**adv):
+  """ACMR's small config with `adv.<key>` settings."""
+  return small_config("acmr", {f"adv.{k}": v for k, v in adv.items()})
 
 
-def batch_data(seed=0, n=B, modalities=("a", "b"), labelled=True):
-  rng = np.random.default_rng(seed)
-  batch = {
-    "inputs": {m: jnp.asarray(rng.normal(size=(n, DIMS[m])), jnp.float32) for m in modalities}
-  }
-  if labelled:
-    batch["label"] = jnp.asarray(np.eye(C, dtype=np.float32)[rng.integers(0, C, n)])
-  return batch
-
-
-def setup(config, spec, size=1):
-  members = population.member_configs(config)[:size]
-  keys = population.traced_keys(members)
-  net, disc = models.build_models(config, spec)
-  txs = train_step.make_optimizers(config)
-  state = train_step.init_population(
-    net,
-    disc,
-    spec,
-    txs,
-    population.member_seeds(members),
-    population.stacked_hparams(members, keys),
-  )
-  return net, disc, txs, state
-
-
-def member(state, m=0):
-  return jax.tree.map(lambda x: x[m], state)
-
-
-def flat(tree):
-  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+def setup(config, spec):
+  """(program, initial population state) of `config` on data of `spec`."""
+  prog = program_of(config, spec)
+  return prog, prog.init_state()
 
 
 @pytest.mark.parametrize("mode", ["alternating", "reversal"])
 @pytest.mark.parametrize("modalities", [("a", "b"), ("a", "b", "c")])
 def test_adversarial_gradient_reaches_encoders_with_opposite_sign(mode, modalities):
-  config = small_config(mode=mode)
-  net, disc, _, state = setup(config, spec_of(modalities))
-  obj = train_step.make_objectives(config, net, disc)
-  batch, rng, lam = batch_data(modalities=modalities), jax.random.PRNGKey(3), 0.7
+  config = adv_config(mode=mode)
+  prog, state = setup(config, spec_of(modalities))
+  obj = step_lib.make_objectives(prog.plan, prog.net, prog.disc)
+  batch, rng, lam = batch_of(B, modalities), jax.random.PRNGKey(3), 0.7
   st = member(state)
   params, h = st.params, st.hparams
 
@@ -102,13 +62,13 @@ def test_adversarial_gradient_reaches_encoders_with_opposite_sign(mode, modaliti
 
 
 def test_discriminator_learns_to_tell_three_modalities_apart():
-  config = small_config(mode="alternating", schedule="constant", weight=0.0)
+  config = adv_config(mode="alternating", schedule="constant", weight=0.0)
   config.optim.disc_lr = 1e-2
   # weight 0: the generator ignores D, so D faces a fixed task and its loss must fall.
   modalities = ("a", "b", "c")
-  net, disc, txs, state = setup(config, spec_of(modalities))
-  step = jax.jit(train_step.make_step(config, net, disc, txs, 50))
-  batch = batch_data(modalities=modalities)
+  prog, state = setup(config, spec_of(modalities))
+  step = jax.jit(prog.member_step())
+  batch = batch_of(B, modalities)
   # Separable modalities: a constant offset per modality.
   batch["inputs"] = {m: x + 3.0 * i for i, (m, x) in enumerate(batch["inputs"].items())}
   st, first = member(state), None
@@ -119,10 +79,10 @@ def test_discriminator_learns_to_tell_three_modalities_apart():
 
 
 def test_non_finite_step_is_skipped_and_counted():
-  config = small_config()
-  net, disc, txs, state = setup(config, spec_of())
-  step = jax.jit(train_step.make_step(config, net, disc, txs, 50))
-  good_batch = batch_data()
+  config = adv_config()
+  prog, state = setup(config, spec_of())
+  step = jax.jit(prog.member_step())
+  good_batch = batch_of(B)
   bad = {**good_batch, "inputs": {**good_batch["inputs"]}}
   bad["inputs"]["a"] = bad["inputs"]["a"].at[0, 0].set(jnp.nan)
   st = member(state)
@@ -137,11 +97,11 @@ def test_non_finite_step_is_skipped_and_counted():
 
 
 def test_inactive_member_takes_no_step():
-  config = small_config()
-  net, disc, txs, state = setup(config, spec_of())
-  step = jax.jit(train_step.make_step(config, net, disc, txs, 50))
+  config = adv_config()
+  prog, state = setup(config, spec_of())
+  step = jax.jit(prog.member_step())
   st = member(state).replace(active=jnp.asarray(False))
-  new, _ = step(st, batch_data())
+  new, _ = step(st, batch_of(B))
   np.testing.assert_array_equal(flat(new.params), flat(st.params))
   np.testing.assert_array_equal(flat(new.opt_state), flat(st.opt_state))
   assert int(new.step) == 1 and int(new.skipped) == 0
@@ -149,11 +109,11 @@ def test_inactive_member_takes_no_step():
 
 def test_learning_rate_is_traced_from_the_state():
   # One compiled step serves every learning rate: the update scales with the state's lr.
-  config = small_config(enabled=False)
-  net, disc, txs, state = setup(config, spec_of())
-  step = jax.jit(train_step.make_step(config, net, disc, txs, 50))
+  config = adv_config(enabled=False)
+  prog, state = setup(config, spec_of())
+  step = jax.jit(prog.member_step())
   st = member(state)
-  batch = batch_data()
+  batch = batch_of(B)
   moves = []
   for lr in (1e-3, 2e-3):
     h = dict(st.hparams, **{"optim.lr": jnp.float32(lr)})
@@ -166,12 +126,12 @@ def test_learning_rate_is_traced_from_the_state():
 
 
 def test_unlabelled_batch_trains_with_identity_labels():
-  config = small_config(enabled=False)
+  config = adv_config(enabled=False)
   config.loss = dict(multi_negative=dict(weight=1.0, tau=0.1, intra_weight=0.0))
   spec = spec_of(num_classes=0)
-  net, disc, txs, state = setup(config, spec)
-  step = jax.jit(train_step.make_step(config, net, disc, txs, 50))
-  st, batch = member(state), batch_data(labelled=False)
+  prog, state = setup(config, spec)
+  step = jax.jit(prog.member_step())
+  st, batch = member(state), batch_of(B, labelled=False)
   losses = []
   for _ in range(30):
     st, m = step(st, batch)
@@ -184,38 +144,25 @@ def test_unlabelled_batch_trains_with_identity_labels():
   assert abs(float(m["loss_multi_negative"]) - np.log(B)) < 1e-3
 
 
-def _split(n=40, seed=1):
-  rng = np.random.default_rng(seed)
-  return data.Split(
-    features={m: rng.normal(size=(n, DIMS[m])).astype(np.float32) for m in ("a", "b")},
-    label=np.eye(C, dtype=np.float32)[rng.integers(0, C, n)],
-    ids=np.arange(n).astype(str),
-    class_names=tuple("wxyz"),
-  )
-
-
 def test_population_loop_equals_single_steps_and_is_deterministic():
-  config = small_config()
+  config = adv_config()
   config.population.size = 3
-  spec = spec_of()
-  net, disc, txs, _ = setup(config, spec, size=3)
-  split = _split()
-  step_fn = train_step.make_step(config, net, disc, txs, 50, axis_name=parallel.AXIS)
-  mesh = parallel.make_mesh(1)
-  loop = parallel.TrainLoop(step_fn, mesh, len(split), 8, feed="device")
-  data_ = loop.data(split)
+  split = synthetic_split(40, seed=1)
+  prog = program_of(config, spec_of(), len(split))
+  train_loop = prog.loop
+  data_ = train_loop.data(split)
 
   def fresh():
-    return parallel.replicate(setup(config, spec, size=3)[3], mesh)
+    return loop.replicate(prog.init_state(), prog.mesh)
 
   # 7 steps cross an epoch boundary (5 steps per epoch): a new permutation inside the loop.
-  a, _ = loop(fresh(), data_, 7)
-  b, _ = loop(fresh(), data_, 7)
+  a, _ = train_loop(fresh(), data_, 7)
+  b, _ = train_loop(fresh(), data_, 7)
   np.testing.assert_array_equal(flat(a.params), flat(b.params))  # bitwise, same seeds
 
   # Member 2 alone, stepped one jitted step at a time on the reference batch indices.
-  single = jax.jit(train_step.make_step(config, net, disc, txs, 50))
-  st = member(setup(config, spec, size=3)[3], 2)
+  single = jax.jit(prog.member_step())
+  st = member(prog.init_state(), 2)
   arrays = input_pipeline.device_arrays(split)
   for i in range(7):
     idx = input_pipeline.batch_indices(st.data_key, jnp.asarray(i), len(split), 8)
@@ -225,8 +172,8 @@ def test_population_loop_equals_single_steps_and_is_deterministic():
   assert not np.allclose(flat(member(a, 0).params), flat(member(a, 1).params))
 
   # Two loops of 3 and 4 steps = one of 7 (what resuming relies on).
-  c, _ = loop(fresh(), data_, 3)
-  c, _ = loop(c, data_, 4)
+  c, _ = train_loop(fresh(), data_, 3)
+  c, _ = train_loop(c, data_, 4)
   np.testing.assert_array_equal(flat(c.params), flat(a.params))
 
 
@@ -241,11 +188,11 @@ def test_batch_indices_cover_each_epoch_once():
 
 
 def test_dann_schedule_and_disabled_adversary():
-  config = small_config(schedule="dann", weight=2.0)
-  h = {"adv.weight": jnp.float32(2.0)}
-  lam0 = train_step.adversarial_lambda(config, h, jnp.asarray(0), 100)
-  lam_end = train_step.adversarial_lambda(config, h, jnp.asarray(100), 100)
+  plan = program_of(adv_config(schedule="dann", weight=2.0), spec_of()).plan
+  h = {"adv.weight": jnp.float32(2.0), "train.steps": jnp.float32(100)}
+  lam0 = step_lib.adversarial_lambda(plan, h, jnp.asarray(0))
+  lam_end = step_lib.adversarial_lambda(plan, h, jnp.asarray(100))
   assert float(lam0) == 0.0
   np.testing.assert_allclose(float(lam_end), 2.0 * (2 / (1 + np.exp(-10)) - 1), rtol=1e-6)
-  off = small_config(enabled=False)
-  assert float(train_step.adversarial_lambda(off, h, jnp.asarray(50), 100)) == 0.0
+  off = program_of(adv_config(enabled=False), spec_of()).plan
+  assert float(step_lib.adversarial_lambda(off, h, jnp.asarray(50))) == 0.0

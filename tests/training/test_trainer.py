@@ -1,6 +1,7 @@
 """train_and_evaluate end to end on the embedded dataset: metrics.json, evaluation reproducing it,
 populations (members, divergence of one member, early stopping), and resuming."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -8,24 +9,18 @@ import signal
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import trainer_config
 
-from mscross import config as config_lib
-from mscross import loss_terms, parallel, train_step, trained, trainer
 from mscross.errors import CheckpointError, ConfigError
+from mscross.methods import registry
+from mscross.retrieval import trained
+from mscross.training import loop, trainer
+from mscross.training import step as step_lib
+from mscross.training import workdir as workdir_lib
 
 
 def tiny_config(steps=40):
-  c = config_lib.base_config()
-  c.data.name = "digits_halves"
-  c.model.encoder_layers = (32,)
-  c.model.width = 16
-  c.disc.layers = (8, 4)
-  c.optim.lr = 1e-3
-  c.train.batch_size = 32
-  c.train.steps = steps
-  c.train.eval_every = 10
-  c.train.checkpoint_every = 10
-  return c
+  return trainer_config("acmr", steps)
 
 
 @pytest.fixture(scope="module")
@@ -141,25 +136,25 @@ def spy_on_step(monkeypatch):
   """The traced (step, hparams) of the member being stepped, for loss terms that misbehave on
   cue: the train step passes both to adversarial_lambda before computing the losses."""
   seen = {}
-  real = train_step.adversarial_lambda
+  real = step_lib.adversarial_lambda
 
-  def spying(config, hparams, step, total_steps):
+  def spying(plan, hparams, step):
     seen.update(step=step, hparams=hparams)
-    return real(config, hparams, step, total_steps)
+    return real(plan, hparams, step)
 
-  monkeypatch.setattr(train_step, "adversarial_lambda", spying)
+  monkeypatch.setattr(step_lib, "adversarial_lambda", spying)
   return seen
 
 
 def nan_label_when(monkeypatch, condition):
   seen = spy_on_step(monkeypatch)
-  real = loss_terms.LOSS_TERMS["label"]
+  real = registry.LOSS_TERMS["label"]
 
   def label(out, batch, *, params, rng, **options):
     value = real.fn(out, batch, params=params, rng=rng, **options)
     return jnp.where(condition(seen["step"], seen["hparams"]), jnp.nan, value)
 
-  monkeypatch.setitem(loss_terms.LOSS_TERMS, "label", loss_terms.Term(label, True))
+  monkeypatch.setitem(registry.LOSS_TERMS, "label", dataclasses.replace(real, fn=label))
 
 
 def test_one_diverging_member_never_stops_the_others(tmp_path, monkeypatch):
@@ -207,7 +202,7 @@ def test_patience_stops_a_run_that_has_stopped_improving(tmp_path):
 def test_interrupted_run_resumes_to_the_same_result(trained_run, tmp_path, monkeypatch):
   _, uninterrupted = trained_run
   workdir = str(tmp_path / "resumed")
-  real = parallel.TrainLoop.__call__
+  real = loop.TrainLoop.__call__
   calls = []
 
   def interrupting(self, *a):
@@ -217,11 +212,11 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tmp_path, monke
       os.kill(os.getpid(), signal.SIGINT)
     return out
 
-  monkeypatch.setattr(parallel.TrainLoop, "__call__", interrupting)
+  monkeypatch.setattr(loop.TrainLoop, "__call__", interrupting)
   with pytest.raises(KeyboardInterrupt):
     trainer.train_and_evaluate(tiny_config(), workdir)
   assert not os.path.exists(os.path.join(workdir, "metrics.json"))
-  monkeypatch.setattr(parallel.TrainLoop, "__call__", real)
+  monkeypatch.setattr(loop.TrainLoop, "__call__", real)
 
   resumed = trainer.train_and_evaluate(tiny_config(), workdir)
   assert [r["step"] for r in history(workdir)] == [10, 20, 30, 40]  # nothing trained twice
@@ -233,7 +228,7 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tmp_path, monke
 def test_eval_without_checkpoints_is_a_clear_error(tmp_path):
   with pytest.raises(ConfigError, match="config.json"):
     trained.evaluate_workdir(str(tmp_path))
-  config_lib.save_config(tiny_config(), str(tmp_path))
+  workdir_lib.write_config(str(tmp_path), tiny_config())
   with pytest.raises(CheckpointError, match="no trained model"):
     trained.evaluate_workdir(str(tmp_path))
 

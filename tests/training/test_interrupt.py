@@ -12,10 +12,10 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import REPO
 
 import mscross
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS, EVERY = 600, 100
 # Six chunks, each followed by an evaluation and a save: seconds in which to kill the process.
 ARGS = [
@@ -33,7 +33,7 @@ ARGS = [
 def start(workdir):
   return subprocess.Popen(
     [sys.executable, "train.py", "--workdir", str(workdir), *ARGS],
-    cwd=ROOT,
+    cwd=REPO,
     stdout=subprocess.PIPE,
     stderr=subprocess.PIPE,
     text=True,

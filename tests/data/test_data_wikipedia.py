@@ -7,15 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+from conftest import DATA_DIR
 
 import mscross.data
 from mscross.data import load_split
 from mscross.errors import DataError
 
-# The shared data folder sits beside the checkout; MSCROSS_DATA_DIR points elsewhere if wanted.
-DATA_DIR = Path(
-  os.environ.get("MSCROSS_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data"
-)
 needs_real_data = pytest.mark.skipif(
   not (DATA_DIR / "wikipedia" / "raw_features.mat").is_file(),
   reason=f"real Wikipedia features not found in {DATA_DIR / 'wikipedia'} (set MSCROSS_DATA_DIR)",
@@ -109,7 +106,7 @@ def test_synthetic_layout_deterministic_cached_and_never_stale(tmp_path, monkeyp
     raise AssertionError("source re-read although the cache is valid")
 
   with monkeypatch.context() as patch:
-    patch.setattr(mscross.data.Wikipedia, "read_source", fail)
+    patch.setattr(mscross.data.wikipedia.Wikipedia, "read_source", fail)
     again = load_split("wikipedia", "train", tmp_path)
   np.testing.assert_array_equal(train.features["image"], again.features["image"])
   np.testing.assert_array_equal(train.ids, again.ids)

@@ -130,7 +130,7 @@ def test_deterministic_cached_and_never_stale(tmp_path, monkeypatch):
     raise AssertionError("source re-read although the cache is valid")
 
   with monkeypatch.context() as patch:
-    patch.setattr(mscross.data.DscmrMat, "read_source", fail)
+    patch.setattr(mscross.data.dscmr_mat.DscmrMat, "read_source", fail)
     second = load_split("dscmr_mat", "validation", tmp_path)
   np.testing.assert_array_equal(first.features["image"], second.features["image"])
   np.testing.assert_array_equal(first.ids, second.ids)

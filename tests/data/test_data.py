@@ -32,13 +32,43 @@ def _cache_dir(tmp_path_factory, monkeypatch):
 
 
 def test_available_datasets():
+  # Every builder module of the package registered itself, in module order.
   assert available_datasets() == [
     "digits_halves",
-    "wikipedia",
-    "uci_mfeat/<view>_<view>[_<view>...]",
     "dscmr_mat",
     "features",
+    "uci_mfeat/<view>_<view>[_<view>...]",
+    "wikipedia",
   ]
+  lines = mscross.data.describe_datasets()
+  assert lines[0].startswith("digits_halves: scikit-learn digits") and "(alias digits)" in lines[0]
+  assert mscross.data.canonical_name("mfeat") == "uci_mfeat/fou_pix"
+
+
+def test_a_builder_registers_itself_by_name(monkeypatch):
+  monkeypatch.setattr(mscross.data.base, "BUILDERS", dict(mscross.data.base.BUILDERS))
+
+  class Mine(mscross.data.base.PairedBuilder, skip_registration=True):
+    """My own pairs."""
+
+    NAME = "mine"
+    PRESET = {"optim.lr": 0.5}
+
+    def read_source(self):
+      raise NotImplementedError
+
+  assert "mine" in available_datasets() and mscross.data.builder("mine") is Mine
+  assert "mine: My own pairs." in mscross.data.describe_datasets()
+  from mscross import presets
+
+  assert presets.build("acmr", "mine").optim.lr == 0.5
+  with pytest.raises(ValueError, match="taken"):
+
+    class Other(mscross.data.base.PairedBuilder, skip_registration=True):
+      NAME = "mine"
+
+      def read_source(self):
+        raise NotImplementedError
 
 
 def test_dataset_modalities():
@@ -84,7 +114,7 @@ def test_unknown_split_lists_valid_ones():
 
 
 def test_unknown_dataset_lists_available_ones():
-  with pytest.raises(DataError, match=r"available: digits_halves, wikipedia, uci_mfeat/<view>"):
+  with pytest.raises(DataError, match=r"available: digits_halves, dscmr_mat, features, uci_mfeat/<view>"):
     load_split("wikipedia2", "train")
 
 
@@ -145,7 +175,7 @@ def test_digits_halves_served_from_cache(monkeypatch):
   def fail(*args, **kwargs):
     raise AssertionError("source re-read although the cache is valid")
 
-  monkeypatch.setattr(mscross.data.DigitsHalves, "read_source", fail)
+  monkeypatch.setattr(mscross.data.digits_halves.DigitsHalves, "read_source", fail)
   second = load_split("digits_halves", "train")
   np.testing.assert_array_equal(first.features["right"], second.features["right"])
 

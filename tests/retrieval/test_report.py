@@ -13,9 +13,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from mscross import metrics, report
+from mscross import metrics
 from mscross.data.base import Split
 from mscross.errors import ConfigError, DataError
+from mscross.retrieval import report
 
 NUM_QUERIES = 3
 LABELLED_FILES = [

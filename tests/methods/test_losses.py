@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mscross import losses
 from mscross.errors import ConfigError
+from mscross.methods import losses
 
 RTOL = 1e-5
 ATOL = 1e-5

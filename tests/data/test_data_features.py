@@ -169,7 +169,7 @@ def test_served_from_cache_and_reprepared_on_manifest_change(tmp_path, monkeypat
     raise AssertionError("source re-read although the cache is valid")
 
   with monkeypatch.context() as patch:
-    patch.setattr(mscross.data.UserFeatures, "read_source", fail)
+    patch.setattr(mscross.data.features.UserFeatures, "read_source", fail)
     again = load_split("features", "test", tmp_path)
   np.testing.assert_array_equal(first.features["image"], again.features["image"])
   (tmp_path / "manifest.json").write_text('{"modalities": ["text", "audio"]}')
