@@ -13,6 +13,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from mscross import data, dotted, presets
 from mscross.methods.models import DataSpec
@@ -97,3 +98,13 @@ def member(state, m: int = 0):
 def flat(tree) -> np.ndarray:
   """Every leaf of a pytree, raveled into one float64 vector (for comparisons)."""
   return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """(workdir, metrics.json) of a finished 40-step ACMR run on digits_halves; read it, never
+  write to it."""
+  from mscross.training import trainer
+
+  workdir = str(tmp_path_factory.mktemp("run"))
+  return workdir, trainer.train_and_evaluate(trainer_config("acmr", 40), workdir)

@@ -32,17 +32,35 @@ def _ocp():
   return ocp
 
 
+class _Expected(logging.Filter):
+  """Drops the checkpoint library's warning that a directory opened read-only is read-only:
+  `mscross.load` and eval.py ask for exactly that, and a user's script would see it on every
+  load. Every other warning still shows."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Given directory is read only")
+
+
 def _manager(directory: str, keep: int, read_only: bool):
   ocp = _ocp()
   opts = ocp.CheckpointManagerOptions(
     preservation_policy=ocp.checkpoint_managers.LatestN(keep),
     create=not read_only,
     read_only=read_only,
+    # A read-only manager saves nothing; said explicitly, the library has nothing to correct.
+    save_interval_steps=0 if read_only else 1,
     # Synchronous saves: the train state is donated to the next step, so its buffers must be on
     # the host before training continues; these states are small.
     enable_async_checkpointing=False,
   )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
+  # Handlers named up front: reading a step's metadata then needs no guess (and no warning).
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  absl_logger, expected = logging.getLogger("absl"), _Expected()
+  absl_logger.addFilter(expected)
+  try:
+    return ocp.CheckpointManager(os.path.abspath(directory), options=opts, item_handlers=handlers)
+  finally:
+    absl_logger.removeFilter(expected)
 
 
 class CheckpointStore:
@@ -116,7 +134,7 @@ class CheckpointStore:
     want = _shapes(target)
     errors = []
     for step in steps:
-      stored = _stored_shapes(mngr.directory, step)
+      stored = _stored_shapes(mngr, step)
       if stored is not None and stored != want:
         # Checked before reading: a restore of mismatched arrays fails deep in Orbax, noisily.
         # An older save may still match (this one damaged): try it before giving up.
@@ -180,13 +198,11 @@ def _shapes(tree) -> dict[str, tuple]:
   return {_path_name(path): tuple(x.shape) for path, x in leaves}
 
 
-def _stored_shapes(directory, step: int) -> dict[str, tuple] | None:
+def _stored_shapes(mngr, step: int) -> dict[str, tuple] | None:
   """{leaf path: shape} of a saved state, from its metadata alone (None if unreadable: the
   restore then tries, and falls back as for any damaged save)."""
   try:
-    meta = (
-      _ocp().StandardCheckpointer().metadata(os.path.join(os.fspath(directory), str(step), "state"))
-    )
+    meta = mngr.item_metadata(step)["state"]
     tree = getattr(meta, "item_metadata", meta)
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {_path_name(path): tuple(x.shape) for path, x in leaves}

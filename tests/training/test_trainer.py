@@ -23,13 +23,6 @@ def tiny_config(steps=40):
   return trainer_config("acmr", steps)
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("run"))
-  result = trainer.train_and_evaluate(tiny_config(), workdir)
-  return workdir, result
-
-
 def history(workdir):
   with open(os.path.join(workdir, "history.jsonl")) as f:
     return [json.loads(line) for line in f]

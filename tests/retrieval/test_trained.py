@@ -1,0 +1,46 @@
+"""mscross.load on a finished run: quiet when all is well, a clear error when it is not."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+import mscross
+from mscross.errors import CheckpointError
+from mscross.training import workdir as workdir_lib
+
+
+def test_loading_a_finished_run_prints_nothing(trained_run):
+  workdir, _ = trained_run
+  code = f"import mscross; m = mscross.load({workdir!r}); print(m.step)"
+  proc = subprocess.run(
+    [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == "", proc.stderr  # no warning of the checkpoint library's
+  assert int(proc.stdout) > 0
+
+
+def test_a_damaged_checkpoint_is_still_reported(trained_run, tmp_path):
+  workdir, _ = trained_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  best = copy / workdir_lib.CHECKPOINTS / "best"
+  for root, _, files in os.walk(best):
+    for name in files:
+      if "state" in root.split(os.sep):
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"not a checkpoint")
+  with pytest.raises(CheckpointError, match="best checkpoint"):
+    mscross.load(str(copy))
+
+
+def test_members_and_their_best_steps(trained_run):
+  workdir, result = trained_run
+  model = mscross.load(workdir)
+  assert model.step == result["members"][0]["best_step"] and model.modalities == ("left", "right")
+  with pytest.raises(CheckpointError, match="member 1 does not exist"):
+    mscross.load(workdir, member=1)
