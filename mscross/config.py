@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Consecutive non-finite steps tolerated before a member stops at its last good state.
   c.train.max_nonfinite = 20
 
-  # Populations (mscross/population.py): `size` members trained in one program, vmapped over a
+  # Populations (mscross/training/plan.py): `size` members trained in one program, vmapped over a
   # leading axis of the train state. Members differ by seed (seed + m) unless `vary_seed` is
   # off, and by the continuous hyperparameters listed in `hparams`, a JSON object of
   # {"dotted.key": [one value per member]}, e.g. '{"optim.lr": [1e-4, 3e-4, 1e-3]}'.
@@ -97,8 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.population.vary_seed = True
   c.population.hparams = ""
 
-  # Data parallelism (mscross/parallel.py): the global batch train.batch_size is split evenly over
-  # the devices and every batch-level loss term sees the whole global batch.
+  # Data parallelism (mscross/training/loop.py): the global batch train.batch_size is split
+  # evenly over the devices and every batch-level loss term sees the whole global batch.
   c.parallel = ml_collections.ConfigDict()
   # 0: every device (of every process under train.py --multihost); n: the first n devices.
   c.parallel.num_devices = 0

@@ -1,12 +1,12 @@
 """Hyperparameter search on the validation split, with Optuna.
 
 `tune(config, workdir, trials=N)` runs an Optuna study that MAXIMISES the validation score
-`config.eval.select_metric` over the search space the method declares in `mscross/methods.py`.
-The test split is never read during a sweep.
+`config.eval.select_metric` over the search space the method declares in
+`mscross/methods/registry.py`. The test split is never read during a sweep.
 
 * Trials run in groups that share a program shape: a group's first trial samples every
   hyperparameter; the others keep its choices (widths, batch size, d_steps, integer and string
-  options) and sample their own continuous values, which a population (`mscross.population`)
+  options) and sample their own continuous values, which a population (`mscross.training.plan`)
   trains in one compiled program. `population=1` runs one trial per program.
 * Pruning: each member reports its validation score at every evaluation, and Optuna's median
   pruner stops a member whose score is below the median of earlier trials at the same step, so a

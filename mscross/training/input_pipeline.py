@@ -13,9 +13,9 @@ of it (S = steps per epoch, the last partial batch dropped). A resumed run there
 exactly the batches an uninterrupted run would. The training loop draws each epoch's
 permutation once, at the epoch's first step, rather than at every step.
 
-Under data parallelism (`mscross.parallel`) the global batch indices are the same, and device i
-of N takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order does not depend on the
-device count.
+Under data parallelism (`mscross.training.loop`) the global batch indices are the same, and
+device i of N takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order does not depend
+on the device count.
 """
 
 from __future__ import annotations

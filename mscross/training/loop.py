@@ -28,6 +28,7 @@ devices restores on any other count.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 
 import jax
@@ -109,6 +110,43 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
 
 
+class StopSignal:
+  """`with StopSignal() as stop:` turns SIGINT/SIGTERM into a request, checked between chunks
+  with `stop.requested()`, so the state is saved before the run ends; a second signal stops at
+  once. Under several processes the check is a collective: all of them stop at the same step."""
+
+  def __init__(self):
+    self.signum, self._old = None, {}
+
+  def __enter__(self) -> StopSignal:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread: leave signals alone
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signum is not None:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+  def requested(self) -> bool:
+    return any_process(self.signum is not None)
+
+
+@jax.jit
+def where_members(mask, new, old):
+  """Per member (the leading axis of every leaf): `new` where `mask` [P], else `old`."""
+  return jax.tree.map(
+    lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
+  )
+
+
 def _population_step(step_fn: Callable) -> Callable:
   """`step_fn` over the leading member axis of the state and batch: vmapped, except for a
   population of one, whose step is traced plainly (the batching interpreter about doubles the
@@ -179,7 +217,7 @@ class TrainLoop:
 
   def _shard_mapped(self, chunk: Callable, data_spec: P) -> Callable:
     # check_vma=False: per-device gradients of the replicated params, as the pmean in the step
-    # expects (train_step's module docstring has the arithmetic).
+    # expects (the step module's docstring has the arithmetic).
     loop = jax.shard_map(
       chunk,
       mesh=self.mesh,

@@ -1,5 +1,5 @@
 """The run's log: `history.jsonl` (losses and validation metrics at every evaluation), TensorBoard
-event files and the final `metrics.json`, all written by process 0 only.
+event files and the final `metrics.json` (`summary`), all written by process 0 only.
 
 A resumed run first drops the history records of steps after its checkpoint: that training was
 lost with the process and is done again, so its records are written again too.
@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from mscross import atomic
+from mscross.training import evaluation
 from mscross.training import workdir as workdir_lib
 
 
@@ -100,6 +101,55 @@ class RunLog:
   def write_raw(self, record: dict) -> None:
     self._history.write(json.dumps(record) + "\n")
     self._history.flush()
+
+
+def summary(
+  plan,
+  tracker,
+  scored: dict[str, list[dict]],
+  *,
+  steps: int,
+  skipped,
+  train_seconds: float,
+  startup_seconds: float | None,
+) -> dict:
+  """What metrics.json holds: the run, every member (its seed and differing hyperparameters,
+  best step, why it stopped, its scores) and the mean and std over the members that have a
+  selected state. `scored` is {"validation": [metrics per member], "test": [...]}."""
+  config, spec = plan.config, plan.spec
+  members = []
+  for i, info in enumerate(plan.describe()):
+    entry = {
+      "member": i,
+      **info,
+      "best_step": int(tracker.best_step[i]),
+      "stopped": tracker.status[i],
+      "skipped_steps": int(skipped[i]),
+      "val": scored["validation"][i],
+    }
+    if "test" in scored:
+      entry["test"] = scored["test"][i]
+    members.append(entry)
+  # A member that diverged before its first evaluation has no selected state.
+  kept = [e for e in members if e["best_step"] >= 0]
+  result = {
+    "method": config.method,
+    "dataset": config.data.name,
+    "modalities": list(spec.modalities),
+    "labelled": spec.num_classes > 0,
+    "steps": int(steps),
+    "max_steps": int(config.train.steps),
+    "population": plan.size,
+    "select_metric": config.eval.select_metric,
+    "train_seconds": round(train_seconds, 3),
+    # Process start to the first trained step of this process (None: nothing left to train).
+    "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3),
+    "members": members,
+  }
+  for key in ("val", "test"):
+    if kept and key in kept[0]:
+      result[key], result[f"{key}_std"] = evaluation.mean_and_std([e[key] for e in kept])
+  return result
 
 
 def write_metrics(workdir: str, result: dict) -> None:

@@ -11,9 +11,6 @@ command resumes. At the end each member's best-on-validation state is scored on 
 test and written to `metrics.json` (`mscross.training.runlog`): every member, and the mean and
 std over them.
 
-Data flow: the dataset builder's raw splits -> the input transform fitted on train -> the
-training split on the device, the validation split embedded at every evaluation -> metrics.
-
 Only process 0 (under `train.py --multihost`) writes the workdir's files, logs and the progress
 bar, and holds the workdir's lock (`mscross.training.workdir`); every process trains, evaluates
 and takes part in the collective checkpoint saves.
@@ -24,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 
@@ -44,30 +40,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(MscrossError):
   """Every member had too many consecutive steps with a non-finite loss or gradient."""
-
-
-class _StopFlag:
-  """Turns SIGINT/SIGTERM into a flag checked between chunks, so the state is saved first."""
-
-  def __init__(self):
-    self.signum, self._old = None, {}
-
-  def __enter__(self):
-    for sig in (signal.SIGINT, signal.SIGTERM):
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread: leave signals alone
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    if self.signum is not None:  # a second signal: stop now
-      raise KeyboardInterrupt
-    self.signum = signum
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
 
 
 def train_and_evaluate(
@@ -178,10 +150,8 @@ class _Run:
       disable=None if self.is_main else True,
     )
     stopping = False
-    with _StopFlag() as stop:
-      # A collective under several processes: all of them stop at the same step.
-      should_stop = lambda: loop.any_process(stop.signum is not None)
-      while step < t.steps and tracker.active.any() and not (stopping := should_stop()):
+    with loop.StopSignal() as stop:
+      while step < t.steps and tracker.active.any() and not (stopping := stop.requested()):
         target = min(
           [int(t.steps)] + [(step // e + 1) * e for e in (t.eval_every, t.checkpoint_every)]
         )
@@ -202,7 +172,7 @@ class _Run:
         history.write(records, tracker.size)
         if step % t.checkpoint_every == 0 or step == t.steps or not tracker.active.any():
           self._save_latest(state, best_gen, seconds)
-      stopping = stopping or should_stop()
+      stopping = stopping or stop.requested()
       if stopping:
         self._save_latest(state, best_gen, seconds)
     bar.close()
@@ -245,10 +215,10 @@ class _Run:
   def _evaluate(self, step, state, best_gen, records, bar, m):
     """Scores validation, keeps each improved member's generator (and saves it), prunes."""
     tracker, select = self.tracker, self.config.eval.select_metric
-    val = self._validate(state, tracker.active)
+    val = self._scores(loop.local_copy(state.params["gen"]), "validation", tracker.active)
     improved = tracker.update(step, [v[select] if v else np.nan for v in val])
     if improved.any():
-      best_gen = _where(jnp.asarray(improved), state.params["gen"], best_gen)
+      best_gen = loop.where_members(jnp.asarray(improved), state.params["gen"], best_gen)
       # Every process scores identical params identically: all take this collective save.
       self.meta["tracker"] = tracker.to_json()
       self.store.save_best(step, {"gen": best_gen}, self.meta)
@@ -285,54 +255,19 @@ class _Run:
       for i, keep in enumerate(members)
     ]
 
-  def _validate(self, state, active) -> list[dict | None]:
-    return self._scores(loop.local_copy(state.params["gen"]), "validation", active)
-
   def _final(self, best_gen) -> dict:
-    config, tracker = self.config, self.tracker
     gen = loop.local_copy(best_gen)
     names = ("validation", "test") if self.evaluate_test else ("validation",)
-    scored = {name: self._scores(gen, name, [True] * tracker.size) for name in names}
-    members = []
-    for i, info in enumerate(self.plan.describe()):
-      entry = {
-        "member": i,
-        **info,
-        "best_step": int(tracker.best_step[i]),
-        "stopped": tracker.status[i],
-        "skipped_steps": int(self.skipped[i]),
-        "val": scored["validation"][i],
-      }
-      if self.evaluate_test:
-        entry["test"] = scored["test"][i]
-      members.append(entry)
-    # A member that diverged before its first evaluation has no selected state.
-    kept = [e for e in members if e["best_step"] >= 0]
-    result = {
-      "method": config.method,
-      "dataset": config.data.name,
-      "modalities": list(self.spec.modalities),
-      "labelled": self.spec.num_classes > 0,
-      "steps": int(self.last_step),
-      "max_steps": int(config.train.steps),
-      "population": tracker.size,
-      "select_metric": config.eval.select_metric,
-      "train_seconds": round(self.train_seconds, 3),
-      # Process start to the first trained step of this process (None: nothing left to train).
-      "startup_seconds": None if self.startup_seconds is None else round(self.startup_seconds, 3),
-      "members": members,
-    }
-    for key in ("val", "test"):
-      if kept and key in kept[0]:
-        result[key], result[f"{key}_std"] = evaluation.mean_and_std([e[key] for e in kept])
+    scored = {name: self._scores(gen, name, [True] * self.plan.size) for name in names}
+    result = runlog.summary(
+      self.plan,
+      self.tracker,
+      scored,
+      steps=self.last_step,
+      skipped=self.skipped,
+      train_seconds=self.train_seconds,
+      startup_seconds=self.startup_seconds,
+    )
     if self.is_main:
       runlog.write_metrics(self.workdir, result)
     return result
-
-
-@jax.jit
-def _where(mask, new, old):
-  """Per member (leading axis): `new` where `mask`, else `old`."""
-  return jax.tree.map(
-    lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
-  )

@@ -1,4 +1,4 @@
-"""Tests of mscross.losses against independent, slow NumPy references written with loops."""
+"""Tests of mscross.methods.losses against independent, slow NumPy references written with loops."""
 
 import math
 
