@@ -28,7 +28,10 @@ def get(tree, dotted: str) -> Any:
 def set_(tree, dotted: str, value: Any) -> None:
   """Sets an EXISTING key, as `--config.<dotted>=value` would; an unknown key is an error."""
   *path, last = dotted.split(".")
-  node = get(tree, ".".join(path)) if path else tree
+  try:
+    node = get(tree, ".".join(path)) if path else tree
+  except ConfigError:
+    raise ConfigError(f"unknown config key {dotted!r}") from None
   if not is_node(node) or last not in node:
     raise ConfigError(f"unknown config key {dotted!r}")
   node[last] = value

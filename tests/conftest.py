@@ -90,6 +90,50 @@ def program_of(config, spec: DataSpec, num_examples: int = 64, *, cache: bool = 
   return program_lib.build(plan_lib.resolve(config, spec), num_examples, cache=cache)
 
 
+# train.py flags that make any preset a 20-step run of a small network.
+TINY_FLAGS = (
+  "--config.train.steps=20",
+  "--config.train.eval_every=10",
+  "--config.train.checkpoint_every=10",
+  "--config.model.encoder_layers=(32,)",
+  "--config.model.width=16",
+  "--nocompilation_cache",
+)
+# The six directions of three modalities, in the order the metrics name them.
+THREE_DIRECTIONS = [
+  ("image2text", "image", "text"),
+  ("image2audio", "image", "audio"),
+  ("text2image", "text", "image"),
+  ("text2audio", "text", "audio"),
+  ("audio2image", "audio", "image"),
+  ("audio2text", "audio", "text"),
+]
+
+
+def cosine64(q, g) -> np.ndarray:
+  """All-pairs cosine similarity in float64 (a NumPy reference)."""
+  q = q / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)
+  g = g / np.linalg.norm(g.astype(np.float64), axis=1, keepdims=True)
+  return q @ g.T
+
+
+def ap_reference(scores: np.ndarray, rel: np.ndarray) -> float:
+  """AP over a whole ranking, a NumPy loop: the relevant items of a group of tied scores all
+  get the precision at the group's end (scikit-learn's `average_precision_score`)."""
+  order = np.argsort(-scores, kind="stable")
+  s, r = scores[order], rel[order]
+  ap, hits, i = 0.0, 0, 0
+  while i < len(s):
+    j = i
+    while j + 1 < len(s) and s[j + 1] == s[i]:
+      j += 1
+    group_hits = int(r[i : j + 1].sum())
+    hits += group_hits
+    ap += group_hits * hits / (j + 1)
+    i = j + 1
+  return ap / hits
+
+
 def member(state, m: int = 0):
   """Member `m` of a population state."""
   return jax.tree.map(lambda x: x[m], state)

@@ -6,16 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_FLAGS
 
-TINY = [
-  "--config.train.steps=20",
-  "--config.train.eval_every=10",
-  "--config.train.checkpoint_every=10",
-  "--config.model.encoder_layers=(32,)",
-  "--config.model.width=16",
-  "--nocompilation_cache",
-]
+TINY = list(TINY_FLAGS)
 
 
 def run(*args, cwd=REPO):

@@ -62,7 +62,8 @@ class RunLog:
     if os.path.exists(path):
       with open(path) as f:
         lines = f.readlines()
-      kept = [line for line in lines if _record_step(line) <= step]
+      # A line without its newline was cut off mid-write, even where it parses.
+      kept = [line for line in lines if line.endswith("\n") and _record_step(line) <= step]
       if len(kept) != len(lines):
         atomic.write_lines(path, kept)
     return path

@@ -12,6 +12,7 @@ exactly. Sizes stay within a few shape buckets, as each new bucket costs a compi
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ap_reference
 from sklearn.metrics import average_precision_score
 
 from mscross import metrics
@@ -47,23 +48,6 @@ def stable_ranking(scores):
   return np.argsort(-scores, kind="stable")
 
 
-def average_precision_np(scores, relevant):
-  """AP over the whole ranking; the relevant items of a tie group all get the precision at the
-  group's end."""
-  order = stable_ranking(scores)
-  s, r = scores[order], relevant[order]
-  total, hits, start = 0.0, 0, 0
-  while start < len(s):
-    end = start
-    while end + 1 < len(s) and s[end + 1] == s[start]:
-      end += 1
-    group_hits = int(r[start : end + 1].sum())
-    hits += group_hits
-    total += group_hits * hits / (end + 1)
-    start = end + 1
-  return total / hits
-
-
 def ap_at_r_np(scores, relevant):
   r = relevant[stable_ranking(scores)]
   num_rel = int(r.sum())
@@ -96,7 +80,7 @@ def ranking_metrics_np(scores, relevant, ks=KS, map_ks=MAP_KS):
     if not relevant[i].any():
       continue
     values = {
-      "map": average_precision_np(scores[i], relevant[i]),
+      "map": ap_reference(scores[i], relevant[i]),
       "map@R": ap_at_r_np(scores[i], relevant[i]),
       **{f"map@{k}": ap_at_k_np(scores[i], relevant[i], k) for k in map_ks},
       **{f"p@{k}": precision_at_k_np(scores[i], relevant[i], k) for k in ks},

@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import THREE_DIRECTIONS
 
 from mscross.errors import ConfigError, DataError
 from mscross.retrieval import index as retrieval
@@ -302,14 +303,7 @@ def test_write_topk_files_three_modalities_with_ties(tmp_path):
   embeddings = {"image": tied(20, n), "text": tied(21, n), "audio": tied(22, n)}
   ids = np.array([f"item {i}" for i in range(n)])
   paths = retrieval.write_topk_files(str(tmp_path / "all"), embeddings, ids, k=20)
-  directions = [
-    ("image2text", "image", "text"),
-    ("image2audio", "image", "audio"),
-    ("text2image", "text", "image"),
-    ("text2audio", "text", "audio"),
-    ("audio2image", "audio", "image"),
-    ("audio2text", "audio", "text"),
-  ]
+  directions = THREE_DIRECTIONS
   check_topk_files(paths, embeddings, ids, directions, 20)  # k clipped to the 12 items
   assert sorted(os.listdir(tmp_path / "all")) == sorted(
     f"{key}{suffix}"

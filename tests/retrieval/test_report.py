@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
+from conftest import ap_reference, cosine64
 
 from mscross import metrics
 from mscross.data.base import Split
@@ -90,28 +91,6 @@ def written(tmp_path_factory):
     return cache[case]
 
   return get
-
-
-def cosine64(q, g):
-  q = q / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)
-  g = g / np.linalg.norm(g.astype(np.float64), axis=1, keepdims=True)
-  return q @ g.T
-
-
-def ap_reference(scores: np.ndarray, rel: np.ndarray) -> float:
-  """AP with tied scores sharing the precision at the end of their tie group (scikit-learn's)."""
-  order = np.argsort(-scores, kind="stable")
-  s, r = scores[order], rel[order]
-  ap, hits, i = 0.0, 0, 0
-  while i < len(s):
-    j = i
-    while j + 1 < len(s) and s[j + 1] == s[i]:
-      j += 1
-    group_hits = int(r[i : j + 1].sum())
-    hits += group_hits
-    ap += group_hits * hits / (j + 1)
-    i = j + 1
-  return ap / hits
 
 
 def as_array(values):

@@ -27,7 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, flat, member, program_of, small_config, spec_of, synthetic_split
+from conftest import (
+  REPO,
+  TINY_FLAGS,
+  flat,
+  member,
+  program_of,
+  small_config,
+  spec_of,
+  synthetic_split,
+)
 
 from mscross import config as config_lib
 from mscross import data, presets
@@ -344,14 +353,7 @@ def test_two_processes_train_like_eight_devices(eight_device_run, tmp_path):
   same history as the 8-device run, written once, by process 0."""
   workdir, r = eight_device_run
   run_dir, port = tmp_path / "run", _free_port()
-  tiny = [
-    "--config.train.steps=20",
-    "--config.train.eval_every=10",
-    "--config.train.checkpoint_every=10",
-    "--config.model.encoder_layers=(32,)",
-    "--config.model.width=16",
-    "--nocompilation_cache",
-  ]
+  tiny = list(TINY_FLAGS)
   procs = [
     subprocess.Popen(
       [
