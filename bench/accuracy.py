@@ -44,6 +44,7 @@ from mscross import baselines, methods, presets, tuning
 from mscross import config as config_lib
 from mscross.retrieval import trained
 from mscross.training import input_pipeline, trainer
+from mscross.training import workdir as workdir_lib
 
 DATASETS = ("wikipedia", "digits_halves", "uci_mfeat/fou_pix")
 # The comparisons the significance tests make: which methods are the claims and which the
@@ -94,7 +95,7 @@ def tune_cell(method, dataset, args, log) -> dict:
       seed=0,
       progress=lambda line: log(f"  {method}/{dataset} {line}"),
     )
-  elif os.path.exists(os.path.join(workdir, "study.db")):
+  elif os.path.exists(os.path.join(workdir, tuning.STUDY_DB)):
     study = tuning.load_study(workdir)
   if study is None:
     return {}
@@ -118,7 +119,7 @@ def tune_cell(method, dataset, args, log) -> dict:
 
 
 def final_config(tune_dir: str, args, overrides: dict):
-  c = config_lib.load_config_file(os.path.join(tune_dir, "best_config.json"))
+  c = config_lib.load_config_file(os.path.join(tune_dir, tuning.BEST_CONFIG))
   c.seed = FINAL_SEED
   c.population.size = args.seeds
   c.population.vary_seed = True
@@ -130,9 +131,9 @@ def final_config(tune_dir: str, args, overrides: dict):
 
 def final_cell(name, tune_dir, dataset, args, overrides, log) -> dict:
   workdir = os.path.join(args.root, "final", name.replace("/", "_"), slug(dataset))
-  path = os.path.join(workdir, "metrics.json")
+  path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not os.path.exists(path):
-    if not args.train or not os.path.exists(os.path.join(tune_dir, "best_config.json")):
+    if not args.train or not os.path.exists(os.path.join(tune_dir, tuning.BEST_CONFIG)):
       return {}
     log(f"  {name}/{dataset}: {args.seeds} seeds")
     trainer.train_and_evaluate(final_config(tune_dir, args, overrides), workdir)

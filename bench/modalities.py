@@ -31,6 +31,7 @@ import numpy as np
 
 from mscross import baselines, presets
 from mscross.training import input_pipeline, trainer
+from mscross.training import workdir as workdir_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = ("fou", "kar", "pix")
@@ -46,7 +47,7 @@ REGRESSION = (
 
 def train(method, dataset, args, *, labels=True, name=None) -> dict:
   workdir = os.path.join(args.root, name or method, dataset.replace("/", "_"))
-  path = os.path.join(workdir, "metrics.json")
+  path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not os.path.exists(path):
     c = presets.build(method, dataset, labels=labels)
     c.population.size = args.seeds

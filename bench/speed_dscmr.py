@@ -69,7 +69,8 @@ def _torch_model(config, d_img: int, d_txt: int, num_classes: int):
 
 
 def _loss_weights(config) -> tuple[float, float]:
-  return config.loss.dscmr_pairwise.weight, config.loss.dscmr_invariance.weight
+  values = plan_lib.resolve(config).values
+  return values["loss.dscmr_pairwise.weight"][0], values["loss.dscmr_invariance.weight"][0]
 
 
 def _torch_optimizer(config, model):

@@ -27,6 +27,7 @@ from speed_workloads import WIKI_CLASSES, WIKI_D_IMG, WIKI_D_TXT
 from mscross import methods, presets
 from mscross.data import Split
 from mscross.training import input_pipeline
+from mscross.training import workdir as workdir_lib
 
 # The synthetic stand-in's split sizes: the `features` builder carves 10% of train as validation,
 # which leaves Wikipedia's 1955 train, 218 validation and 693 test pairs.
@@ -137,7 +138,7 @@ def train_py(
   if rc:
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
     raise RuntimeError(f"{' '.join(cmd)} exited with {rc}; the end of {log}:\n{tail}")
-  metrics = json.loads((workdir / "metrics.json").read_text())
+  metrics = json.loads(Path(workdir_lib.path(str(workdir), workdir_lib.METRICS)).read_text())
   return {
     "method": method,
     "population": population_size,

@@ -52,6 +52,7 @@ def run(checkout: Path, args, cache: Path, workdir: Path) -> dict:
   wall = time.perf_counter() - started
   if proc.returncode:
     raise SystemExit(f"{checkout}: {' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+  # Read by name, not through mscross: another checkout may hold another version of it.
   metrics = json.loads((workdir / "metrics.json").read_text())
   return {"startup_s": metrics["startup_seconds"], "wall_s": wall, "load_before": load}
 

@@ -128,7 +128,10 @@ def _tune_cmd(workdir, trials):
 
 def _states(workdir):
   with sqlite3.connect(os.path.join(workdir, "study.db")) as db:
-    return [row for row in db.execute("SELECT number, state FROM trials ORDER BY number")]
+    try:
+      return [row for row in db.execute("SELECT number, state FROM trials ORDER BY number")]
+    except sqlite3.OperationalError:  # the file exists, its tables not yet
+      return []
 
 
 @pytest.mark.slow
