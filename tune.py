@@ -5,8 +5,8 @@
     python train.py --config runs/tune_mnsgan_wiki/best_config.json --workdir runs/mnsgan_best
 
 Run the same command again to resume a stopped sweep, or in a second terminal to add a worker.
-`--storage postgresql://...` shares one study between machines. Watch a study with
-`optuna-dashboard sqlite:///runs/tune_mnsgan_wiki/study.db`.
+`--storage postgresql+psycopg://...` shares one study between machines (README: "One study on
+many machines"). Watch a study with `optuna-dashboard sqlite:///runs/tune_mnsgan_wiki/study.db`.
 
 Kept short on purpose: the logic lives in `mscross.tuning`.
 """
@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 
 from mscross import cli
+from mscross.tuning import storage
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = cli.define_config_flag(os.path.join(_HERE, "configs", "default.py"))
@@ -31,6 +32,13 @@ _STORAGE = flags.DEFINE_string(
   "storage", None, "Optuna RDB URL (default: sqlite:///<workdir>/study.db)."
 )
 _SEED = flags.DEFINE_integer("sampler_seed", 0, "Seed of the TPE sampler.")
+_RECOVERY = flags.DEFINE_float(
+  "recovery_seconds",
+  storage.DEFAULT_RECOVERY_SECONDS,
+  "How long a trial's heartbeat may be silent before another worker takes its worker for dead "
+  "and runs the trial again (a dead worker of this machine is noticed at once).",
+  lower_bound=0.1,
+)
 
 
 def main(argv):
@@ -47,13 +55,12 @@ def main(argv):
       population=_POPULATION.value,
       storage=_STORAGE.value,
       seed=_SEED.value,
+      recovery_seconds=_RECOVERY.value,
     )
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    if not complete:
+    print(tuning.summary(study))
+    if not tuning.counts(study).get("complete"):
       print("no trial completed (every one was pruned or failed)", file=sys.stderr)
       return 1
-    best = study.best_trial
-    print(f"best trial #{best.number}: {best.value:.4f} {best.params}")
     print(f"config: {os.path.join(_WORKDIR.value, tuning.BEST_CONFIG)}")
     return 0
 

@@ -152,3 +152,18 @@ def trained_run(tmp_path_factory):
 
   workdir = str(tmp_path_factory.mktemp("run"))
   return workdir, trainer.train_and_evaluate(trainer_config("acmr", 40), workdir)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+  """A PostgreSQL server of this test session on 127.0.0.1 (see tests/postgres.py); skips where
+  PostgreSQL or its Python driver is not installed."""
+  import postgres
+
+  bin_dir = postgres.binaries()
+  if bin_dir is None:
+    pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+  pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install 'mscross[postgres]'")
+  server = postgres.Server(bin_dir)
+  yield server
+  server.close()

@@ -14,6 +14,7 @@ from conftest import REPO
 
 from mscross import config as config_lib
 from mscross import data, dotted, methods, presets, tuning
+from mscross.tuning import storage
 
 TINY = {
   "train.steps": 20,
@@ -174,21 +175,26 @@ def test_a_killed_sweep_resumes_and_retries_the_trials_it_was_running(tmp_path):
   assert list(states.values()).count("FAIL") >= 1
 
 
-def _running_trial_without_worker(tmp_path):
-  study = tuning.open_study(str(tmp_path), tiny_config())
-  study.ask()  # RUNNING, and its worker never recorded: the claim died halfway
-  return study
-
-
-def test_a_claim_cut_short_on_a_local_study_is_recovered(tmp_path):
+def test_a_claim_cut_short_is_recovered_at_once(tmp_path):
   import optuna
 
-  study = _running_trial_without_worker(tmp_path)
-  assert tuning._recover(study, local=True) == 1
+  study = tuning.open_study(str(tmp_path), tiny_config())
+  study.ask()  # RUNNING, and its worker never recorded: the claim died halfway
+  assert storage.recover(study) == [0]
   assert [t.state for t in study.get_trials()] == [optuna.trial.TrialState.FAIL]
 
 
-def test_a_fresh_claim_on_a_shared_study_is_left_to_its_worker(tmp_path):
-  # On another machine's storage a worker may be between ask() and recording itself.
-  study = _running_trial_without_worker(tmp_path)
-  assert tuning._recover(study, local=False) == 0
+def test_another_machine_s_trial_is_recovered_once_its_heartbeat_is_stale(tmp_path):
+  import optuna
+
+  study = tuning.open_study(str(tmp_path), tiny_config())
+  trial = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+  trial.set_user_attr("worker", "another-machine:4242")
+  trial.set_user_attr("heartbeat", time.time())
+  assert storage.recover(study, recovery_seconds=60) == []  # alive, as far as anyone knows
+  trial.set_user_attr("heartbeat", time.time() - 61)
+  assert storage.recover(study, recovery_seconds=60) == [0]
+  states = [(t.number, t.state.name, t.user_attrs.get("rerun_of")) for t in study.get_trials()]
+  # Marked failed, and its parameters queued again as a new trial.
+  assert states == [(0, "FAIL", None), (1, "WAITING", 0)]
+  assert study.get_trials()[1].system_attrs["fixed_params"] == trial.params
