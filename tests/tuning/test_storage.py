@@ -80,6 +80,7 @@ def test_two_workers_finish_exactly_the_trials_asked_and_name_the_study_s_best(
     assert p.returncode == 0, err[-2000:]
   study = load(url)
   c = tuning.counts(study)
+  print(f"two workers: 4 trials asked, {c}")
   assert c.get("complete", 0) + c.get("pruned", 0) == 4, c
   assert not c.get("running") and not c.get("fail") and not c.get("waiting"), c
   # No trial ran twice: each ran under one worker, in one group of that worker's workdir.
@@ -127,6 +128,7 @@ def test_a_worker_killed_mid_trial_is_run_again_by_the_next(postgres_server, tmp
   assert rerun.returncode == 0, rerun.stderr[-2000:]
   study = load(url)
   c = tuning.counts(study)
+  print(f"killed worker: 2 trials asked, {c}")
   assert c.get("complete", 0) + c.get("pruned", 0) == 2 and c.get("fail") == 1, c
   states = {t.number: t for t in study.trials}
   assert states[killed.number].state.name == "FAIL"  # never counted as complete
@@ -156,6 +158,7 @@ def test_a_server_restart_under_a_worker_is_said_and_survived(postgres_server, t
     )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
   c = tuning.counts(load(url))
+  print(f"server restart: 2 trials asked, {c}; the worker said: {lost[0]}")
   assert c.get("complete", 0) + c.get("pruned", 0) == 2 and not c.get("running"), c
 
 
