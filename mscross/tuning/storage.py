@@ -102,7 +102,8 @@ def open_storage(url: str, progress: Callable[[str], None] | None = None):
       # Once per episode: a restart invalidates every pooled connection in turn.
       if time.monotonic() - said[0] > RECONNECT_SECONDS:
         said[0] = time.monotonic()
-        why = f" ({_one_line(exception)})" if exception is not None else ""
+        detail = _one_line(exception).strip("() ") if exception is not None else ""
+        why = f" ({detail})" if detail else ""
         progress(f"the connection to the study's storage {shown(url)} was lost{why}; reconnecting")
 
     sqlalchemy.event.listen(storage.engine, "invalidate", invalidated)
