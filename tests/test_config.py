@@ -1,0 +1,56 @@
+"""The config schema: its checks name the key, and a config saved as JSON reads back as the same
+config (tuples included)."""
+
+import json
+
+import pytest
+
+from mscross import config as config_lib
+from mscross import presets
+from mscross.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+  "key, value, match",
+  [
+    ("train.batch_size", 1, "batch_size must be at least 2"),
+    ("train.steps", 0, "train.steps must be a positive integer"),
+    ("train.patience", -1, "patience must be >= 0"),
+    ("optim.lr", 0.0, "optim.lr must be positive"),
+    ("model.width", 0, "model.width must be a positive integer"),
+    ("model.activation", "gelu", "model.activation must be one of"),
+    ("adv.schedule", "linear", "adv.schedule must be one of"),
+    ("eval.select_metric", "map", "select_metric must look like avg_map"),
+    ("parallel.feed", "disk", "parallel.feed must be one of"),
+    ("population.size", 0, "population.size must be a positive integer"),
+  ],
+)
+def test_schema_errors_name_the_key(key, value, match):
+  c = presets.build("acmr", "digits_halves")
+  section, name = key.split(".")
+  with c.unlocked():
+    c[section][name] = value
+  with pytest.raises(ConfigError, match=match):
+    config_lib.validate(c)
+
+
+def test_every_preset_passes_the_schema_and_reads_back_from_json(tmp_path):
+  c = presets.build("ms2gan", "wikipedia")
+  config_lib.validate(c)
+  path = tmp_path / "config.json"
+  path.write_text(config_lib.to_json(c))
+  back = config_lib.load_config_file(str(path))
+  assert back.to_dict() == c.to_dict()
+  assert back.model.shared_layers == (128, 128)  # JSON lists come back as the schema's tuples
+
+
+def test_a_file_that_is_no_config_is_one_error(tmp_path):
+  with pytest.raises(ConfigError, match="not found"):
+    config_lib.load_config_file(str(tmp_path / "missing.json"))
+  bad = tmp_path / "bad.json"
+  bad.write_text("{not json")
+  with pytest.raises(ConfigError, match="not valid JSON"):
+    config_lib.load_config_file(str(bad))
+  bad.write_text(json.dumps([1, 2]))
+  with pytest.raises(ConfigError, match="does not hold a config"):
+    config_lib.load_config_file(str(bad))
