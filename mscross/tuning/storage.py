@@ -96,28 +96,43 @@ def open_storage(url: str, progress: Callable[[str], None] | None = None):
   if progress is not None and engine:
     import sqlalchemy
 
-    said = [0.0]
-
     def invalidated(dbapi_connection, record, exception):
-      # Once per episode: a restart invalidates every pooled connection in turn.
-      if time.monotonic() - said[0] > RECONNECT_SECONDS:
-        said[0] = time.monotonic()
-        detail = _one_line(exception).strip("() ") if exception is not None else ""
-        why = f" ({detail})" if detail else ""
-        progress(f"the connection to the study's storage {shown(url)} was lost{why}; reconnecting")
+      detail = _one_line(exception).strip("() ") if exception is not None else ""
+      why = f" ({detail})" if detail else ""
+      _say_lost(
+        progress, f"the connection to the study's storage {shown(url)} was lost{why}; reconnecting"
+      )
 
     sqlalchemy.event.listen(storage.engine, "invalidate", invalidated)
   return storage
 
 
-def is_connection_error(e: BaseException) -> bool:
+_last_said = [-float("inf")]
+
+
+def _say_lost(progress: Callable[[str], None], line: str) -> None:
+  """One line per episode: a restart invalidates every pooled connection in turn, and the
+  failed request that noticed it is retried too."""
+  if time.monotonic() - _last_said[0] > RECONNECT_SECONDS:
+    _last_said[0] = time.monotonic()
+    progress(line)
+
+
+def is_connection_error(e: BaseException | None) -> bool:
+  """Whether `e`, or what caused it (Optuna wraps a failed commit in StorageInternalError), is
+  a lost or refused connection rather than a fault of the request."""
   try:
     from sqlalchemy import exc
   except ImportError:
     return False
-  return isinstance(e, exc.OperationalError | exc.InterfaceError) or (
-    isinstance(e, exc.DBAPIError) and e.connection_invalidated
-  )
+  seen = 0
+  while e is not None and seen < 8:
+    if isinstance(e, exc.OperationalError | exc.InterfaceError) or (
+      isinstance(e, exc.DBAPIError) and e.connection_invalidated
+    ):
+      return True
+    e, seen = e.__cause__ or e.__context__, seen + 1
+  return False
 
 
 def retrying(fn: Callable, url: str, progress: Callable[[str], None] = print):
@@ -133,9 +148,10 @@ def retrying(fn: Callable, url: str, progress: Callable[[str], None] = print):
       now = time.monotonic()
       if deadline is None:
         deadline = now + RECONNECT_SECONDS
-        progress(
+        _say_lost(
+          progress,
           f"lost the connection to the study's storage {shown(url)} ({_one_line(e)}); "
-          f"retrying for {RECONNECT_SECONDS:.0f} s"
+          f"retrying for {RECONNECT_SECONDS:.0f} s",
         )
       if now >= deadline:
         raise StorageError(

@@ -184,3 +184,37 @@ def test_a_storage_that_cannot_be_opened_is_one_error_line(postgres_server, tmp_
   assert len(lines) == 1, proc.stderr[-2000:]
   assert lines[0].startswith("error: cannot open the study's storage postgresql+")
   assert "not-the-password" not in proc.stderr and "s3cret" not in proc.stderr
+
+
+def test_a_lost_connection_is_retried_and_said_once_a_fault_is_not():
+  import sqlalchemy
+
+  from mscross.tuning import storage
+
+  def wrapped_connection_error():
+    # What Optuna raises when the server goes away under a commit.
+    try:
+      raise sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+    except sqlalchemy.exc.SQLAlchemyError as e:
+      raise optuna.exceptions.StorageInternalError(
+        "An exception is raised during the commit."
+      ) from e
+
+  calls, said = [], []
+
+  def flaky():
+    calls.append(1)
+    if len(calls) < 3:
+      wrapped_connection_error()
+    return "done"
+
+  url = "postgresql+psycopg://mscross:hidden@db:5432/x"
+  assert storage.retrying(flaky, url, said.append) == "done" and len(calls) == 3
+  assert len(said) == 2 and "lost the connection" in said[0] and "reconnected" in said[1]
+  assert all("hidden" not in line and "***" in line for line in said)
+
+  def fault():
+    raise optuna.exceptions.StorageInternalError("exceeding max length")
+
+  with pytest.raises(optuna.exceptions.StorageInternalError):
+    storage.retrying(fault, url, said.append)
