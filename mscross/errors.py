@@ -19,3 +19,8 @@ class ConfigError(MscrossError):
 
 class CheckpointError(MscrossError):
   """A checkpoint is missing, corrupted or belongs to another architecture."""
+
+
+def one_line(exc: BaseException) -> str:
+  """The exception text squeezed onto one line, for embedding in a one-line error message."""
+  return " ".join(str(exc).split()) or type(exc).__name__

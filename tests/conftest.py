@@ -8,6 +8,7 @@ subprocess put this folder on `sys.path` first.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import jax
@@ -58,6 +59,13 @@ def trainer_config(method: str = "acmr", steps: int = 40, overrides: dict | None
   for key, value in (overrides or {}).items():
     dotted.set_(c, key, value)
   return c
+
+
+def free_port() -> int:
+  """A TCP port of 127.0.0.1 that nothing listens on (for a server to start, or to fail on)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
 
 
 def spec_of(modalities=("a", "b"), num_classes: int = NUM_CLASSES) -> DataSpec:

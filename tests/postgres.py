@@ -10,10 +10,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from conftest import free_port
 
 USER, PASSWORD = "mscross", "s3cret-pw"
 
@@ -29,18 +30,12 @@ def binaries() -> Path | None:
   return None
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 class Server:
   def __init__(self, bin_dir: Path):
     self.bin = bin_dir
     # Under /tmp, not pytest's 0700 folders: the postgres user must reach it.
     self.root = Path(tempfile.mkdtemp(prefix="mscross-pg-", dir="/tmp"))
-    self.data, self.log, self.port = self.root / "data", self.root / "server.log", _free_port()
+    self.data, self.log, self.port = self.root / "data", self.root / "server.log", free_port()
     self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     (self.root / "pw").write_text(PASSWORD + "\n")
     if self._as:

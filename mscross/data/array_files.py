@@ -16,7 +16,7 @@ import numpy as np
 import scipy.io
 
 from mscross.data import base, checks
-from mscross.errors import DataError
+from mscross.errors import DataError, one_line
 
 try:
   import tomllib
@@ -38,7 +38,7 @@ def load_npy(path: Path) -> np.ndarray:
         raise ValueError("no NumPy .npy header")
     return np.load(os.fspath(path), allow_pickle=False)
   except Exception as exc:  # numpy raises several unrelated types for a bad file
-    raise DataError(f"{path}: not a readable .npy file ({checks.one_line(exc)})") from exc
+    raise DataError(f"{path}: not a readable .npy file ({one_line(exc)})") from exc
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -50,7 +50,7 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     with archive:
       return {name: archive[name] for name in archive.files}
   except Exception as exc:  # numpy and zipfile raise several unrelated types for a bad file
-    raise DataError(f"{path}: not a readable .npz file ({checks.one_line(exc)})") from exc
+    raise DataError(f"{path}: not a readable .npz file ({one_line(exc)})") from exc
 
 
 def load_mat_array(path: Path) -> tuple[np.ndarray, str]:
@@ -58,7 +58,7 @@ def load_mat_array(path: Path) -> tuple[np.ndarray, str]:
   try:
     variables = [name for name, _, _ in scipy.io.whosmat(os.fspath(path))]
   except Exception as exc:  # scipy raises several unrelated types for a bad file
-    raise DataError(f"{path}: not a readable MATLAB v5 .mat file ({checks.one_line(exc)})") from exc
+    raise DataError(f"{path}: not a readable MATLAB v5 .mat file ({one_line(exc)})") from exc
   if path.stem in variables:
     key = path.stem
   elif len(variables) == 1:
@@ -100,18 +100,18 @@ def _parse(path: Path) -> Any:
   try:
     text = path.read_text(encoding="utf-8")
   except (OSError, UnicodeDecodeError) as exc:
-    raise DataError(f"{path}: not a readable UTF-8 text file ({checks.one_line(exc)})") from exc
+    raise DataError(f"{path}: not a readable UTF-8 text file ({one_line(exc)})") from exc
   if path.suffix == ".json":
     try:
       return json.loads(text)
     except json.JSONDecodeError as exc:
-      raise DataError(f"{path}: not valid JSON ({checks.one_line(exc)})") from exc
+      raise DataError(f"{path}: not valid JSON ({one_line(exc)})") from exc
   if tomllib is None:
     raise DataError(f"{path}: TOML manifests need Python 3.11 or newer; use manifest.json")
   try:
     return tomllib.loads(text)
   except tomllib.TOMLDecodeError as exc:
-    raise DataError(f"{path}: not valid TOML ({checks.one_line(exc)})") from exc
+    raise DataError(f"{path}: not valid TOML ({one_line(exc)})") from exc
 
 
 def _names(value: Any, key: str, path: Path) -> tuple[str, ...]:

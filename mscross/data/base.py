@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mscross.data import checks
-from mscross.errors import DataError
+from mscross.errors import DataError, one_line
 
 SPLITS = ("train", "validation", "test")
 
@@ -132,7 +132,7 @@ def holdout(
     kind = "a class-stratified" if strata is not None else "a"
     raise DataError(
       f"{where}: cannot hold out {kind} {fraction:.0%} of {len(indices)} examples "
-      f"({checks.one_line(exc)}){hint}"
+      f"({one_line(exc)}){hint}"
     ) from exc
   return np.sort(kept), np.sort(held)
 

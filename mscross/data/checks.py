@@ -16,16 +16,11 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from mscross.errors import DataError
+from mscross.errors import DataError, one_line
 
 # Limits of `class_count`; see there.
 MAX_CLASSES = 65_536
 CLASSES_PER_EXAMPLE = 10
-
-
-def one_line(exc: BaseException) -> str:
-  """The exception text squeezed onto one line, for embedding in a DataError message."""
-  return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _count(n: int, singular: str, plural: str) -> str:

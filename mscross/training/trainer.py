@@ -124,7 +124,7 @@ class _Run:
       with runlog.RunLog(self.workdir, step, enabled=self.is_main) as history:
         self._commit(step, history)
         data = program.loop.data(train)
-        state, best_gen, stopping = self._train(state, best_gen, data, history)
+        state, best_gen, stopping = self._train(state, best_gen, data, history, step)
     finally:
       store.close()
     if stopping:
@@ -136,9 +136,8 @@ class _Run:
     step = int(loop.to_host(state.step)[0])
     self.store.save_latest(step, {"state": state, "best_gen": best_gen}, self.meta)
 
-  def _train(self, state, best_gen, data, history: runlog.RunLog):
+  def _train(self, state, best_gen, data, history: runlog.RunLog, step: int):
     t, tracker = self.config.train, self.tracker
-    step = int(np.asarray(loop.to_host(state.step))[0])
     started, before = time.perf_counter(), float(self.meta["train_seconds"])
     seconds = lambda: before + time.perf_counter() - started
     bar = tqdm(

@@ -33,7 +33,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 
-from mscross.errors import MscrossError
+from mscross.errors import MscrossError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def _dialect(url: str) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-  text = str(getattr(e, "orig", None) or e).strip().splitlines()
-  return text[0] if text else type(e).__name__
+  # SQLAlchemy's own text adds a help link to the driver's message (`orig`): the driver's alone.
+  return one_line(getattr(e, "orig", None) or e)
 
 
 def _no_driver(url: str, e: ModuleNotFoundError) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from conftest import (
   REPO,
   TINY_FLAGS,
   flat,
+  free_port,
   member,
   program_of,
   small_config,
@@ -341,18 +341,12 @@ def test_trainer_checkpoint_from_eight_devices_restores_on_one(eight_device_run)
   assert r["resumed"]["steps"] == 30 and r["resumed"]["members"][0]["skipped_steps"] == 0
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_train_like_eight_devices(eight_device_run, tmp_path):
   """train.py --multihost, 2 processes x 2 CPU devices on localhost (gloo collectives): the
   same history as the 8-device run, written once, by process 0."""
   workdir, r = eight_device_run
-  run_dir, port = tmp_path / "run", _free_port()
+  run_dir, port = tmp_path / "run", free_port()
   tiny = list(TINY_FLAGS)
   procs = [
     subprocess.Popen(

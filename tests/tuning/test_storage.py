@@ -3,7 +3,6 @@ exactly the trials asked for, none run twice; a worker killed mid-trial; the ser
 under a worker; and a storage that cannot be opened."""
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -11,7 +10,7 @@ import time
 
 import optuna
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 
 from mscross import config as config_lib
 from mscross import tuning
@@ -162,18 +161,12 @@ def test_a_server_restart_under_a_worker_is_said_and_survived(postgres_server, t
   assert c.get("complete", 0) + c.get("pruned", 0) == 2 and not c.get("running"), c
 
 
-def _closed_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("wrong", ["password", "database", "port", "driver"])
 def test_a_storage_that_cannot_be_opened_is_one_error_line(postgres_server, tmp_path, wrong):
   url = {
     "password": postgres_server.url("postgres", password="not-the-password"),
     "database": postgres_server.url("no_such_database"),
-    "port": f"postgresql+psycopg://mscross:pw@127.0.0.1:{_closed_port()}/postgres",
+    "port": f"postgresql+psycopg://mscross:pw@127.0.0.1:{free_port()}/postgres",
     "driver": postgres_server.url("postgres").replace("+psycopg", "+nosuchdriver"),
   }[wrong]
   proc = subprocess.run(
