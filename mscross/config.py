@@ -35,6 +35,14 @@ def base_config() -> ml_collections.ConfigDict:
   # for every modality unless `data.powers.<modality>` says otherwise.
   c.data.power = 1.0
   c.data.powers = ml_collections.ConfigDict()
+  # Datasets of raw images and texts: the pretrained encoder of each raw modality
+  # (`mscross.encoders.names()`); the presets fill in the dataset's defaults.
+  c.data.encoders = ml_collections.ConfigDict()
+  # A pair with an unreadable raw item (missing or corrupt image, empty or non-UTF-8 text):
+  # "skip" it and list it in the workdir's data_problems.tsv, or "stop".
+  c.data.bad_input = "skip"
+  # Raw items per encoder call during feature extraction.
+  c.data.encode_batch = 32
 
   c.model = ml_collections.ConfigDict()
   # Hidden widths of each modality-specific encoder; `model.encoders.<modality>` overrides them
@@ -154,6 +162,9 @@ def validate(config) -> None:
     raise ConfigError(f"config.optim.lr must be positive, got {config.optim.lr}")
   if config.optim.disc_lr < 0 or config.optim.grad_clip < 0:
     raise ConfigError("config.optim.disc_lr and config.optim.grad_clip must be >= 0")
+
+  _choice("data.bad_input", config.data.bad_input, ("skip", "stop"))
+  _positive_ints(config, "data", ("encode_batch",))
 
   m = config.model
   _widths("model.encoder_layers", tuple(m.encoder_layers), allow_empty=True)

@@ -37,6 +37,9 @@ def build(method: str, dataset: str, *, labels: bool = True):
   c.data.name = dataset
   for key, value in builder.PRESET.items():
     dotted.set_(c, key, value)
+  # Listed with the dataset's default (empty: its own features), so that the encoders show in
+  # the written config and `--config.data.encoders.<modality>=...` has a key to override.
+  c.data.encoders = {m: builder.DEFAULT_ENCODERS.get(m, "") for m in builder.RAW_MODALITIES}
   spec.configure(c)
   c.adv.enabled = spec.adversarial
   c.loss = {name: registry.complete_options(name, entry) for name, entry in c.loss.items()}

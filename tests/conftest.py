@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscross import data, dotted, presets
+from mscross import data, dotted, encoders, presets
 from mscross.methods.models import DataSpec
 from mscross.training import plan as plan_lib
 from mscross.training import program as program_lib
@@ -175,3 +175,85 @@ def postgres_server():
   server = postgres.Server(bin_dir)
   yield server
   server.close()
+
+
+# Small stand-ins for the pretrained encoders, for tests of the raw-data path that need no
+# weights: registered like a user's own encoder would be (see `mscross.encoders.registry`).
+TINY_IMAGE_DIM, TINY_TEXT_DIM = 12, 16
+ENCODE_CALLS = {"image": 0, "text": 0}
+
+
+@encoders.register("tiny_image", kind="image", dim=TINY_IMAGE_DIM, licence="-", weights="-")
+def _tiny_image() -> encoders.Model:
+  def prepare(image):
+    ENCODE_CALLS["image"] += 1
+    pixels = np.asarray(image.resize((2, 2)), np.float32) / 255.0
+    return {"pixels": pixels}
+
+  return encoders.Model(
+    params={"scale": np.float32(1.0)},
+    prepare=prepare,
+    collate=encoders.stack_collate,
+    apply=lambda params, batch: params["scale"] * batch["pixels"].reshape(-1, TINY_IMAGE_DIM),
+    fingerprint="tiny_image-1",
+  )
+
+
+@encoders.register("tiny_text", kind="text", dim=TINY_TEXT_DIM, licence="-", weights="-")
+def _tiny_text() -> encoders.Model:
+  def prepare(text):
+    ENCODE_CALLS["text"] += 1
+    return {"ids": np.asarray([ord(ch) % TINY_TEXT_DIM for ch in text], np.int32)}
+
+  def apply(params, batch):
+    counts = jax.nn.one_hot(batch["ids"], TINY_TEXT_DIM) * batch["mask"][..., None]
+    return counts.sum(axis=1) / jnp.maximum(batch["mask"].sum(axis=1, keepdims=True), 1)
+
+  return encoders.Model(
+    params={},
+    prepare=prepare,
+    collate=encoders.pad_collate(),
+    apply=apply,
+    fingerprint="tiny_text-1",
+  )
+
+
+TINY_ENCODERS = {"image": "tiny_image", "text": "tiny_text"}
+
+
+def write_image(path: Path, mode: str = "RGB", size=(24, 16), seed: int = 0, fmt=None) -> Path:
+  """A small random image file of `mode` ("RGB", "RGBA", "CMYK", "L", "I;16")."""
+  from PIL import Image
+
+  rng = np.random.default_rng(seed)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if mode == "I;16":
+    pixels = rng.integers(0, 65535, size[::-1], dtype=np.uint16)
+    Image.fromarray(pixels).save(path)  # uint16 -> mode I;16
+    return path
+  channels = len(mode) if mode != "L" else 1
+  pixels = rng.integers(0, 255, (*size[::-1], channels), dtype=np.uint8)
+  Image.frombytes(mode, size, pixels.tobytes()).save(path, format=fmt)
+  return path
+
+
+def write_archive(folder: Path, per_class: int = 10, test_per_class: int = 4) -> Path:
+  """A folder in the Wikipedia archive layout: 2 classes ("cats", "dogs"), JPEG images and
+  UTF-8 texts whose pixels and words depend on the class."""
+  names = ("cats", "dogs")
+  (folder / "categories.list").parent.mkdir(parents=True, exist_ok=True)
+  (folder / "categories.list").write_text("\n".join(names) + "\n")
+  number = 0
+  for split, count in (("train", per_class), ("test", test_per_class)):
+    lines = []
+    for c, name in enumerate(names):
+      for _ in range(count):
+        number += 1
+        write_image(folder / "images" / name / f"img{number}.jpg", seed=number + 1000 * c)
+        words = ("meow purr whiskers " if c == 0 else "bark woof fetch ") * (1 + number % 3)
+        (folder / "texts").mkdir(exist_ok=True)
+        (folder / "texts" / f"txt{number}.txt").write_text(words, encoding="utf-8")
+        lines.append(f"txt{number}\timg{number}\t{c + 1}")
+    list_name = "trainset_txt_img_cat.list" if split == "train" else "testset_txt_img_cat.list"
+    (folder / list_name).write_text("\n".join(lines) + "\n")
+  return folder

@@ -18,18 +18,22 @@ import os
 import pkgutil
 from pathlib import Path
 
-from mscross.data import base, cache
+from mscross.data import base, cache, raw
 from mscross.data.base import SPLITS, Split, subset
+from mscross.data.raw import Options, Problem
 from mscross.errors import DataError
 
 __all__ = [
   "SPLITS",
+  "Options",
+  "Problem",
   "Split",
   "available_datasets",
   "builder",
   "canonical_name",
   "dataset_modalities",
   "describe_datasets",
+  "load_problems",
   "load_split",
   "resolve_data_dir",
   "subset",
@@ -103,7 +107,25 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str | None:
   return os.environ.get(base.DATA_ENV) or None
 
 
-def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None) -> Split:
+def _prepared(name: str, data_dir: str | os.PathLike | None, options: raw.Options | None) -> Path:
+  builder_cls, config_name = _resolve(name)
+  source_dir = None
+  if builder_cls.SOURCE_SUBDIR is not None:
+    root = resolve_data_dir(data_dir)
+    if root is None:
+      raise DataError(
+        f"dataset {name!r} needs a data directory: pass data_dir or set {base.DATA_ENV}"
+      )
+    source_dir = (Path(root).expanduser() / builder_cls.SOURCE_SUBDIR).resolve()
+  return cache.prepare(builder_cls, config_name, source_dir, options)
+
+
+def load_split(
+  name: str,
+  split: str,
+  data_dir: str | os.PathLike | None = None,
+  options: raw.Options | None = None,
+) -> Split:
   """Loads one split of a dataset into memory, preparing and caching it on first use.
 
   Safe to call from several processes at once: one prepares, the others wait and reuse it.
@@ -113,6 +135,9 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
     split: "train", "validation" or "test".
     data_dir: folder holding the source data (see the module docstring for each dataset's
       layout); defaults to $MSCROSS_DATA_DIR. Not needed for "digits_halves".
+    options: for datasets of raw images and texts, the encoder of each modality and what to
+      do with unreadable items, e.g. `Options(encoders={"text": "minilm"})`; the prepared
+      features are cached per choice of encoders.
 
   Returns:
     The split's float32 features per modality, multi-hot float32 labels (None when the
@@ -120,18 +145,16 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None)
 
   Raises:
     DataError: unknown dataset or split, missing data directory, or missing/malformed source.
+    ConfigError: an unknown encoder, or one named for a modality without raw items.
   """
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-  builder_cls, config_name = _resolve(name)
+  return cache.read(_prepared(name, data_dir, options), split)
 
-  source_dir = None
-  if builder_cls.SOURCE_SUBDIR is not None:
-    root = resolve_data_dir(data_dir)
-    if root is None:
-      raise DataError(
-        f"dataset {name!r} needs a data directory: pass data_dir or set {base.DATA_ENV}"
-      )
-    source_dir = (Path(root).expanduser() / builder_cls.SOURCE_SUBDIR).resolve()
 
-  return cache.read(cache.prepare(builder_cls, config_name, source_dir), split)
+def load_problems(
+  name: str, data_dir: str | os.PathLike | None = None, options: raw.Options | None = None
+) -> list[Problem]:
+  """The raw items of a dataset that were skipped or converted when it was prepared (each with
+  its split, pair id, file and reason); empty for datasets of feature arrays."""
+  return cache.read_problems(_prepared(name, data_dir, options))

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mscross.data import checks
+from mscross.data import checks, raw
 from mscross.errors import DataError, one_line
 
 SPLITS = ("train", "validation", "test")
@@ -220,6 +220,14 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     "train.patience": 10,
   }
 
+  # Modalities this dataset can make from raw items, modality -> kind ("image" or "text"), and
+  # the encoder each uses when `data.encoders.<modality>` is empty (none: the modality keeps
+  # the dataset's own features unless an encoder is configured).
+  RAW_MODALITIES: ClassVar[dict[str, str]] = {}
+  DEFAULT_ENCODERS: ClassVar[dict[str, str]] = {}
+  # Appended to the message when `data.encoders` names a modality without raw items.
+  RAW_NOTE: ClassVar[str] = ""
+
   def __init_subclass__(cls, **kwargs: Any):
     super().__init_subclass__(**kwargs)
     name = cls.__dict__.get("NAME")
@@ -237,11 +245,54 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     # backport it only installs on Python < 3.9, and so fails for any builder in a package.
     return tfds.core.Path(inspect.getfile(cls))
 
-  def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs: Any):
-    """Like any TFDS builder, plus `source_dir`, the folder holding the source files."""
+  def __init__(
+    self,
+    *,
+    source_dir: str | os.PathLike | None = None,
+    options: raw.Options | None = None,
+    **kwargs: Any,
+  ):
+    """Like any TFDS builder, plus `source_dir`, the folder holding the source files, and
+    `options`, how raw items become features."""
     # Set before TFDS's constructor, which already calls `_info`, where the source is read.
     self._source_dir = Path(source_dir) if source_dir is not None else None
+    self._options = options or raw.Options()
+    # What `read_source` found wrong with raw items (skipped pairs, converted images).
+    self._problems: list[raw.Problem] = []
     super().__init__(**kwargs)
+
+  @classmethod
+  def encoded_modalities(cls, options: raw.Options) -> dict[str, str]:
+    """modality -> kind of the modalities made from raw items under `options`; ConfigError
+    when `options` names an encoder for a modality without raw items."""
+    raw.check_encoders(options, cls.RAW_MODALITIES, cls.NAME or cls.__name__, cls.RAW_NOTE)
+    return {
+      m: kind
+      for m, kind in cls.RAW_MODALITIES.items()
+      if options.encoders.get(m) or cls.DEFAULT_ENCODERS.get(m)
+    }
+
+  @classmethod
+  def options_key(cls, options: raw.Options) -> dict[str, Any]:
+    """What of `options` changes the prepared data, for the cache key."""
+    encoded = cls.encoded_modalities(options)
+    return raw.fingerprint(options, encoded, cls.DEFAULT_ENCODERS) if encoded else {}
+
+  def encode_raw(self, pairs: list[raw.Pair]) -> tuple[list[raw.Pair], dict[str, np.ndarray]]:
+    """Encodes the pairs' raw items (`raw.encode`), recording the problems found."""
+    kept, problems = raw.duplicates(pairs)
+    if problems and self._options.bad_input == "stop":
+      raise DataError(f"{self.NAME}: {problems[0].reason}; set data.bad_input=skip to skip it")
+    kept, features, found = raw.encode(
+      kept,
+      self.encoded_modalities(self._options),
+      self._options,
+      self.DEFAULT_ENCODERS,
+      self.NAME or type(self).__name__,
+    )
+    self._problems += problems + found
+    raw.report_skipped(self.NAME or type(self).__name__, len(pairs), len(kept))
+    return kept, features
 
   @classmethod
   def modalities_for(cls, config_name: str | None) -> tuple[str, ...] | None:
@@ -290,6 +341,7 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         modalities=list(train.modalities),
         labelled=train.label is not None,
         class_names=list(train.class_names),
+        problems=raw.problem_rows(self._problems),
       ),
       # Keep source order: TFDS would otherwise shuffle by key hash when writing.
       disable_shuffling=True,

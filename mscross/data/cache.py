@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from mscross.data import base
+from mscross.data import base, raw
 
 try:
   import fcntl
@@ -42,6 +42,7 @@ def _fingerprint(
   config_name: str | None,
   source_dir: Path | None,
   files: Sequence[Path],
+  options: raw.Options,
 ) -> str:
   """A short hash identifying the source as it is now (location, file names, sizes, mtimes)."""
   stats = []
@@ -56,6 +57,7 @@ def _fingerprint(
     "source": os.fspath(source_dir) if source_dir is not None else None,
     "files": stats,
     "extra": builder_cls.source_fingerprint_extra(),
+    "options": builder_cls.options_key(options),
   }
   return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -107,17 +109,21 @@ def _data_path(root: Path, builder_cls: type[base.PairedBuilder], config_name: s
 
 
 def prepare(
-  builder_cls: type[base.PairedBuilder], config_name: str | None, source_dir: Path | None
+  builder_cls: type[base.PairedBuilder],
+  config_name: str | None,
+  source_dir: Path | None,
+  options: raw.Options | None = None,
 ) -> Path:
   """Returns the folder of the prepared data of this source, preparing it first if it is new.
 
   The TFDS data directory is keyed by a fingerprint of the source, so a different folder or an
   edited file gets its own freshly prepared copy and a stale cache is never served. Processes
   preparing the same source at once take turns on a lock file: the first prepares, the others
-  wait and then read its result.
+  wait and then read its result. `options` (the encoders of raw items) are part of the key.
   """
+  options = options or raw.Options()
   files = builder_cls.source_files(source_dir, config_name)
-  fingerprint = _fingerprint(builder_cls, config_name, source_dir, files)
+  fingerprint = _fingerprint(builder_cls, config_name, source_dir, files, options)
   root = cache_root() / builder_cls.name / fingerprint
   data_path = _data_path(root, builder_cls, config_name)
   # Checked before locking too: warm loads, the common case, then never wait on a preparation.
@@ -130,7 +136,11 @@ def prepare(
 
     def make_builder() -> base.PairedBuilder:
       return builder_cls(
-        source_dir=source_dir, data_dir=root, config=config_name, file_format="array_record"
+        source_dir=source_dir,
+        options=options,
+        data_dir=root,
+        config=config_name,
+        file_format="array_record",
       )
 
     builder = make_builder()
@@ -216,3 +226,10 @@ def read(data_path: Path, split: str) -> base.Split:
     ids=np.asarray(decoded["id"], dtype=str),
     class_names=tuple(metadata["class_names"]),
   )
+
+
+def read_problems(data_path: Path) -> list[raw.Problem]:
+  """The problems with raw items met when the data in `data_path` was prepared."""
+  builder = tfds.builder_from_directory(os.fspath(data_path))
+  rows = builder.info.metadata.get("problems", [])
+  return [raw.Problem(*row) for row in rows]

@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mscross.data import base, checks
+from mscross.data import base, checks, raw
+from mscross.data.archive import CATEGORIES_FILE, TEST_LIST, TRAIN_LIST, read_list
 from mscross.errors import DataError
 
 IMAGE_DIM = 128
@@ -21,34 +22,8 @@ MODALITIES = ("image", "text")
 VALIDATION_FRACTION = 0.1
 
 FEATURES_FILE = "raw_features.mat"
-TRAIN_LIST = "trainset_txt_img_cat.list"
-TEST_LIST = "testset_txt_img_cat.list"
-CATEGORIES_FILE = "categories.list"
 FILES = (FEATURES_FILE, TRAIN_LIST, TEST_LIST, CATEGORIES_FILE)
-
-
-def _read_list(path: Path) -> tuple[list[str], np.ndarray]:
-  """Reads a `<text id>\\t<image id>\\t<class>` file into ids "<text id>/<image id>" and classes.
-
-  Classes come back as float with NaN for an empty class field, for `checks.class_indices`.
-  """
-  ids, classes = [], []
-  for number, line in enumerate(checks.read_lines(path), start=1):
-    if not line.strip():
-      continue
-    fields = line.split("\t")
-    if len(fields) != 3:
-      raise DataError(
-        f"{path}: line {number} has {len(fields)} tab-separated fields, "
-        "expected 3 (text id, image id, class)"
-      )
-    text_id, image_id, label = (field.strip() for field in fields)
-    try:
-      classes.append(float(label) if label else np.nan)
-    except ValueError as exc:
-      raise DataError(f"{path}: line {number}: class {label!r} is not a number") from exc
-    ids.append(f"{text_id}/{image_id}")
-  return ids, np.asarray(classes, dtype=np.float64)
+TEXTS_DIR = "texts"
 
 
 def _read_categories(path: Path) -> tuple[str, ...]:
@@ -64,6 +39,10 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
   Reads <data_dir>/wikipedia/: raw_features.mat (variables I_tr, T_tr, I_te, T_te),
   trainset_txt_img_cat.list and testset_txt_img_cat.list (`<text id>\t<image id>\t<class 1-10>`
   per line, rows aligned with the features) and categories.list (the class names).
+
+  With `data.encoders.text=<encoder>` (e.g. minilm, wordllama) the text features are that
+  encoder's, of the raw article sections in texts/<text id>.xml (the image features stay SIFT:
+  the release's images are not available); a pair whose text cannot be read is skipped.
 
   Official test split (693 pairs) is `test`; `validation` is a seeded (seed 0),
   class-stratified 10% of the official train split (2,173 pairs), the rest is `train`.
@@ -82,6 +61,8 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
     "train.eval_every": 100,
     "train.checkpoint_every": 300,
   }
+  RAW_MODALITIES: ClassVar[dict[str, str]] = {"text": "text"}
+  RAW_NOTE = " (its images are not in the release: the image features are SIFT)"
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Put raw_features.mat, trainset_txt_img_cat.list, testset_txt_img_cat.list and "
     "categories.list (from the Wikipedia dataset release, e.g. the repository "
@@ -96,20 +77,22 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
   @classmethod
   def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
     del config_name
-    return checks.require_files(Path(source_dir), FILES)
+    files = checks.require_files(Path(source_dir), FILES)
+    texts = Path(source_dir) / TEXTS_DIR
+    return files + (sorted(texts.glob("*.xml")) if texts.is_dir() else [])
 
   def read_source(self) -> dict[str, base.Split]:
-    paths = self.source_files(self._source_dir, None)
+    paths = checks.require_files(self._source_dir, FILES)
     features_path, train_path, test_path, categories_path = paths
     class_names = _read_categories(categories_path)
     arrays = checks.load_mat(features_path, ["I_tr", "T_tr", "I_te", "T_te"])
-    official = {}
+    official, lines = {}, {}
     for split, list_path, suffix in (("train", train_path, "tr"), ("test", test_path, "te")):
       image_where = f"{features_path} [I_{suffix}]"
       text_where = f"{features_path} [T_{suffix}]"
       image = checks.features(arrays[f"I_{suffix}"], image_where, IMAGE_DIM)
       text = checks.features(arrays[f"T_{suffix}"], text_where, TEXT_DIM)
-      ids, classes = _read_list(list_path)
+      ids, classes, lines[split] = read_list(list_path)
       checks.same_count({image_where: len(image), text_where: len(text), str(list_path): len(ids)})
       checks.nonempty(len(ids), str(list_path), split)
       label = checks.one_hot(
@@ -119,7 +102,42 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
         {"image": image, "text": text}, label, np.asarray(ids, dtype=str), class_names
       )
 
+    if "text" in self.encoded_modalities(self._options):
+      where = {
+        split: [f"{path}:{n}" for n in lines[split]]
+        for split, path in (("train", train_path), ("test", test_path))
+      }
+      official = self._encode_texts(official, where)
     train, validation = base.carve_validation(
       official["train"], VALIDATION_FRACTION, str(train_path)
     )
     return {"train": train, "validation": validation, "test": official["test"]}
+
+  def _encode_texts(
+    self, official: dict[str, base.Split], where: dict[str, list[str]]
+  ) -> dict[str, base.Split]:
+    """The splits with their text features replaced by the text encoder's, of texts/; `where`
+    gives each row's "<list file>:<line>"."""
+    texts = self._source_dir / TEXTS_DIR
+    if not texts.is_dir():
+      raise DataError(f"{texts}: no such folder; data.encoders.text needs the raw article texts")
+    pairs = [
+      raw.Pair(split, pair_id, (), {"text": texts / f"{pair_id.split('/')[0]}.xml"}, line)
+      for split, data in official.items()
+      for pair_id, line in zip(data.ids, where[split], strict=True)
+    ]
+    kept, features = self.encode_raw(pairs)
+    out = {}
+    for split, data in official.items():
+      row_of = {pair_id: row for row, pair_id in enumerate(data.ids)}
+      own = [i for i, pair in enumerate(kept) if pair.split == split]
+      rows = np.asarray([row_of[kept[i].id] for i in own], dtype=np.int64)
+      checks.nonempty(len(rows), str(texts), split)
+      subset = base.subset(data, rows)
+      out[split] = base.Split(
+        {"image": subset.features["image"], "text": features["text"][own]},
+        subset.label,
+        subset.ids,
+        subset.class_names,
+      )
+    return out

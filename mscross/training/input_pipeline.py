@@ -42,6 +42,10 @@ def signed_power(x: np.ndarray, power: float) -> np.ndarray:
     return (np.sign(x) * np.abs(x) ** power).astype(np.float32)
 
 
+# Without standardisation, inputs beyond this size saturate every activation of the encoders.
+UNSCALED_LIMIT = 1e8
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalizer:
   """Per modality: signed power map, then (x - mean) / std with training-split statistics."""
@@ -62,10 +66,22 @@ class Normalizer:
       _finite(x, m, None, "train")
       x = _finite(signed_power(x, powers[m]), m, f"{keys[m]}={powers[m]:g}", "train")
       if standardize:
-        s = x.std(axis=0)
-        # Constant features (common in BoVW histograms) would divide by zero.
-        mean[m], std[m] = x.mean(axis=0), np.where(s > 1e-8, s, 1.0)
+        # In float64: squares of float32 features beyond ~1e19 overflow float32, and the
+        # statistics then turn every such feature into noise without an error.
+        wide = x.astype(np.float64)
+        s = wide.std(axis=0)
+        # Constant features (common in BoVW histograms) would divide by zero; "constant" is
+        # relative to the feature's magnitude, so features far from 1 in scale are judged alike.
+        scale = np.maximum(np.abs(wide).max(axis=0), 1.0)
+        mean[m], std[m] = wide.mean(axis=0), np.where(s > 1e-8 * scale, s, 1.0)
       else:
+        largest = float(np.abs(x).max(initial=0.0))
+        if largest > UNSCALED_LIMIT:
+          raise DataError(
+            f"modality {m!r} has training features as large as {largest:.3g} and "
+            "data.standardize is off: the network would see them unscaled; set "
+            "data.standardize=true or rescale the features"
+          )
         mean[m], std[m] = np.zeros(x.shape[1]), np.ones(x.shape[1])
       mean[m], std[m] = mean[m].astype(np.float32), std[m].astype(np.float32)
     return cls(powers, mean, std, keys)
@@ -135,12 +151,27 @@ def _finite(x: np.ndarray, modality: str, step: str | None, where: str) -> np.nd
   return x
 
 
+def data_options(config) -> data.Options:
+  """How the dataset's raw items (if any) become features: `data.encoders` and friends."""
+  d = config.data
+  return data.Options(
+    encoders=dict(d.encoders), bad_input=d.bad_input, batch_size=int(d.encode_batch)
+  )
+
+
+def load_problems(config) -> list[data.Problem]:
+  """The raw items skipped or converted when `config.data.name` was prepared."""
+  data_dir = data.resolve_data_dir(config.data.data_dir or None)
+  return data.load_problems(config.data.name, data_dir, data_options(config))
+
+
 def load_raw(config, splits=("train", "validation", "test")) -> dict[str, data.Split]:
   """The named raw splits of `config.data.name`, labels dropped when `data.labels` is off."""
   data_dir = data.resolve_data_dir(config.data.data_dir or None)
+  options = data_options(config)
   out = {}
   for name in splits:
-    split = data.load_split(config.data.name, name, data_dir)
+    split = data.load_split(config.data.name, name, data_dir, options)
     if not config.data.labels and split.label is not None:
       split = dataclasses.replace(split, label=None, class_names=())
     out[name] = split

@@ -76,6 +76,7 @@ class _Run:
     self.startup_seconds = None
     names = ("train", "validation", "test") if evaluate_test else ("train", "validation")
     raw = input_pipeline.load_raw(config, names)
+    self.problems = input_pipeline.load_problems(config)
     self.plan = plan_lib.resolve(config, input_pipeline.data_spec(raw["train"]))
     self.config, self.spec = config, self.plan.spec
     self.config_changes = workdir_lib.check_resume(
@@ -95,6 +96,16 @@ class _Run:
     workdir_lib.write_config(self.workdir, self.config)
     self.normalizer.save(workdir_lib.path(self.workdir, workdir_lib.TRANSFORM))
     workdir_lib.write_spec(self.workdir, self.spec)
+    workdir_lib.write_problems(self.workdir, self.problems)
+    skipped = sum(p.action == "skipped" for p in self.problems)
+    if skipped:
+      where = workdir_lib.path(self.workdir, workdir_lib.PROBLEMS)
+      log.warning(
+        "%s: %d pair(s) skipped for an unreadable raw item; each is listed in %s",
+        self.config.data.name,
+        skipped,
+        where,
+      )
 
   def run(self) -> dict:
     t = self.config.train

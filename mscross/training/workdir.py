@@ -40,6 +40,8 @@ METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tensorboard"
 LOCK_FILE = ".lock"
+# Raw items skipped or converted when the dataset was prepared, one a line, tab-separated.
+PROBLEMS = "data_problems.tsv"
 
 
 def path(workdir: str, name: str) -> str:
@@ -76,6 +78,7 @@ SAFE_TO_CHANGE = (
   "train.keep_checkpoints",
   "train.max_nonfinite",
   "data.data_dir",
+  "data.encode_batch",
   "parallel.num_devices",
   "parallel.feed",
   "parallel.host_steps",
@@ -224,6 +227,20 @@ def _show(value) -> str:
 
 def write_spec(workdir: str, spec) -> None:
   atomic.write_json(path(workdir, SPEC), spec.to_json(), indent=1)
+
+
+def write_problems(workdir: str, problems) -> None:
+  """The dataset's skipped or converted raw items (`mscross.data.Problem`), as a TSV file with
+  a header row; no file when there were none."""
+  from mscross.data import raw
+
+  rows = [raw.PROBLEM_FIELDS] + [
+    tuple(" ".join(str(getattr(p, f)).split()) for f in raw.PROBLEM_FIELDS) for p in problems
+  ]
+  if problems:
+    atomic.write_text(path(workdir, PROBLEMS), "".join("\t".join(r) + "\n" for r in rows))
+  elif os.path.exists(path(workdir, PROBLEMS)):
+    os.remove(path(workdir, PROBLEMS))
 
 
 def read_spec(workdir: str) -> dict:

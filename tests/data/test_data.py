@@ -34,14 +34,19 @@ def _cache_dir(tmp_path_factory, monkeypatch):
 def test_available_datasets():
   # Every builder module of the package registered itself, in module order.
   assert available_datasets() == [
+    "archive",
+    "web_news",
     "digits_halves",
     "dscmr_mat",
     "features",
+    "manifest",
     "uci_mfeat/<view>_<view>[_<view>...]",
     "wikipedia",
   ]
   lines = mscross.data.describe_datasets()
-  assert lines[0].startswith("digits_halves: scikit-learn digits") and "(alias digits)" in lines[0]
+  assert len(lines) == 8
+  digits = lines[2]
+  assert digits.startswith("digits_halves: scikit-learn digits") and "(alias digits)" in digits
   assert mscross.data.canonical_name("mfeat") == "uci_mfeat/fou_pix"
 
 
@@ -114,7 +119,7 @@ def test_unknown_split_lists_valid_ones():
 
 
 def test_unknown_dataset_lists_available_ones():
-  with pytest.raises(DataError, match=r"available: digits_halves, dscmr_mat, features, uci_"):
+  with pytest.raises(DataError, match=r"available: archive, web_news, digits_halves, dscmr_mat, features, manifest, uci_"):
     load_split("wikipedia2", "train")
 
 

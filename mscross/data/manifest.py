@@ -1,0 +1,187 @@
+"""`manifest`: raw image-text pairs listed in a CSV or JSON-lines file of your own, encoded into
+features by pretrained encoders (`data.encoders`).
+
+The data directory holds `manifest.csv` (a header row) or `manifest.jsonl` (one JSON object a
+line) with, per pair:
+
+  image       the image file, relative to the data directory (or absolute)
+  text        the text itself, or
+  text_path   a UTF-8 text file holding it, relative to the data directory (or absolute)
+  label       optional: the pair's class name (all rows labelled, or none)
+  split       optional: train, validation or test (all rows, or none)
+  id          optional: a unique id (default: the row number, from 1)
+
+For example (manifest.csv):
+
+  image,text,label,split
+  photos/001.jpg,A red fox crossing a snowy field,animals,train
+  photos/002.jpg,The harbour at dawn,places,test
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mscross.data import base, checks, raw
+from mscross.errors import DataError
+
+NAMES = ("manifest.csv", "manifest.jsonl")
+COLUMNS = ("image", "text", "text_path", "label", "split", "id")
+VALIDATION_FRACTION = 0.1
+
+
+def find(folder: Path) -> Path:
+  """The manifest file of `folder`; DataError if there is none or more than one."""
+  found = [folder / name for name in NAMES if (folder / name).is_file()]
+  if not found:
+    raise DataError(f"{folder}: no {' or '.join(NAMES)} (one row per image-text pair)")
+  if len(found) > 1:
+    raise DataError(f"{folder}: both {' and '.join(p.name for p in found)}; keep one")
+  return found[0]
+
+
+def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+  """(line number, row) of every non-empty row; DataError for a malformed file."""
+  try:
+    text = path.read_bytes().decode("utf-8-sig")
+  except UnicodeDecodeError as exc:
+    raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+  if path.suffix == ".jsonl":
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{number}: not a JSON object ({exc.msg})") from exc
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{number}: not a JSON object")
+      rows.append((number, row))
+    return rows
+  reader = csv.DictReader(text.splitlines())
+  if not reader.fieldnames:
+    raise DataError(f"{path}: empty; the first row names the columns ({', '.join(COLUMNS)})")
+  unknown = [c for c in reader.fieldnames if c not in COLUMNS]
+  if unknown:
+    raise DataError(f"{path}: unknown column {unknown[0]!r}; columns: {', '.join(COLUMNS)}")
+  # Line numbers of the file (the header is line 1), for messages.
+  return [(number, row) for number, row in enumerate(reader, start=2) if any(row.values())]
+
+
+def _field(row: dict[str, Any], key: str) -> str:
+  value = row.get(key)
+  return "" if value is None else str(value).strip()
+
+
+def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], bool]:
+  """(manifest file, class names, pairs, whether the manifest gives the split)."""
+  path = find(folder)
+  rows = _rows(path)
+  if not rows:
+    raise DataError(f"{path}: no pairs listed")
+  keys = set().union(*(row.keys() for _, row in rows))
+  if "image" not in keys or not keys & {"text", "text_path"}:
+    raise DataError(f"{path}: needs an 'image' column and a 'text' or 'text_path' column")
+  for key in ("label", "split"):
+    given = [number for number, row in rows if _field(row, key)]
+    if given and len(given) != len(rows):
+      missing = next(number for number, row in rows if not _field(row, key))
+      raise DataError(f"{path}:{missing}: no {key}; give a {key} on every row or on none")
+  class_names = tuple(sorted({_field(row, "label") for _, row in rows} - {""}))
+  has_split = any(_field(row, "split") for _, row in rows)
+  pairs = []
+  for number, row in rows:
+    where = f"{path}:{number}"
+    split = _field(row, "split") or "train"
+    if split not in base.SPLITS:
+      raise DataError(f"{where}: split {split!r}; use one of {', '.join(base.SPLITS)}")
+    image = _field(row, "image")
+    text: Path | str = _field(row, "text")
+    if _field(row, "text_path"):
+      text = folder / _field(row, "text_path")
+    label = _field(row, "label")
+    pairs.append(
+      raw.Pair(
+        split=split,
+        id=_field(row, "id") or str(number - (1 if path.suffix == ".csv" else 0)),
+        classes=(class_names.index(label),) if label else (),
+        # An empty image field becomes the folder itself, reported as "no such image file".
+        items={"image": folder / image if image else Path(where), "text": text},
+        where=where,
+      )
+    )
+  return path, class_names, pairs, has_split
+
+
+class Manifest(base.PairedBuilder, skip_registration=True):
+  """Raw image-text pairs listed in manifest.csv or manifest.jsonl, encoded by pretrained
+  encoders.
+
+  Modalities `image` and `text`; the encoders are `data.encoders.image` (default
+  efficientnet_lite0) and `data.encoders.text` (default minilm). Labels (class names) are
+  optional. With a split column, its train/validation/test (validation, if absent, a seeded
+  10% of train); without, a seeded (seed 0) 60/20/20 split, class-stratified when labelled.
+  A pair whose image or text cannot be read is skipped and listed (`data.bad_input=stop`
+  stops instead).
+  """
+
+  NAME = "manifest"
+  SOURCE_SUBDIR = ""
+  RAW_MODALITIES: ClassVar[dict[str, str]] = {"image": "image", "text": "text"}
+  DEFAULT_ENCODERS: ClassVar[dict[str, str]] = {"image": "efficientnet_lite0", "text": "minilm"}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Pass as data_dir a folder holding manifest.csv or manifest.jsonl (columns image, text or "
+    "text_path, optional label, split and id) and the files it names."
+  )
+
+  @classmethod
+  def modalities_for(cls, config_name: str | None) -> tuple[str, ...]:
+    del config_name
+    return tuple(cls.RAW_MODALITIES)
+
+  @classmethod
+  def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
+    del config_name
+    path, _, pairs, _ = read_pairs(Path(source_dir))
+    items = [p for pair in pairs for p in pair.items.values() if isinstance(p, Path)]
+    return [path] + [p for p in items if p.is_file()]
+
+  def read_source(self) -> dict[str, base.Split]:
+    path, class_names, pairs, has_split = read_pairs(self._source_dir)
+    kept, features = self.encode_raw(pairs)
+    labelled = bool(class_names)
+    whole = base.Split(
+      features,
+      checks.one_hot(np.asarray([p.classes[0] for p in kept]), len(class_names))
+      if labelled
+      else None,
+      np.asarray([p.id for p in kept], dtype=str),
+      class_names,
+    )
+    if not has_split:
+      classes = np.argmax(whole.label, axis=1) if labelled else np.zeros(len(kept), int)
+      if labelled:
+        indices = base.split_60_20_20(classes, str(path))
+      else:
+        train, rest = base.holdout(np.arange(len(kept)), 0.4, None, str(path))
+        validation, test = base.holdout(rest, 0.5, None, str(path))
+        indices = {"train": train, "validation": validation, "test": test}
+      return {split: base.subset(whole, rows) for split, rows in indices.items()}
+    splits = {}
+    for split in base.SPLITS:
+      rows = np.asarray([i for i, p in enumerate(kept) if p.split == split], dtype=np.int64)
+      if split != "validation":
+        checks.nonempty(len(rows), str(path), split)
+      if len(rows):
+        splits[split] = base.subset(whole, rows)
+    if "validation" not in splits:
+      splits["train"], splits["validation"] = base.carve_validation(
+        splits["train"], VALIDATION_FRACTION, str(path)
+      )
+    return splits

@@ -1,0 +1,264 @@
+"""Raw items (image files, texts) to features: the shared part of the raw-data builders.
+
+A raw dataset lists pairs (`Pair`: split, id, classes, and per modality an image file, a text
+file or an inline text). `encode` runs the chosen encoder of each modality over every listed
+item and returns the features of the pairs whose items could all be read. An unreadable item
+(a missing or corrupt image, an empty or non-UTF-8 text, an id listed twice) is a `Problem`
+naming its file and reason: by default its pair is skipped and the problem listed (in the
+prepared data's metadata, from which a training run copies it into its workdir); with
+`bad_input="stop"` the first one stops the preparation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mscross import encoders
+from mscross.errors import ConfigError, DataError
+
+BAD_INPUT_CHOICES = ("skip", "stop")
+PROBLEM_FIELDS = ("split", "id", "modality", "file", "reason", "action")
+_XML_TEXT = re.compile(r"<text>(.*?)</text>", re.DOTALL)
+_XML_TAG = re.compile(r"<[^>]+>")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How a dataset's raw items become features.
+
+  Attributes:
+    encoders: modality -> encoder name; a modality left out uses the dataset's default.
+    bad_input: "skip" (skip and list pairs with an unreadable item) or "stop".
+    batch_size: items per encoder call.
+  """
+
+  encoders: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  bad_input: str = "skip"
+  batch_size: int = 32
+
+  def __post_init__(self):
+    object.__setattr__(self, "encoders", {k: v for k, v in dict(self.encoders).items() if v})
+    if self.bad_input not in BAD_INPUT_CHOICES:
+      raise ConfigError(
+        f"data.bad_input={self.bad_input!r}; choose one of {', '.join(BAD_INPUT_CHOICES)}"
+      )
+    if self.batch_size < 1:
+      raise ConfigError(f"data.encode_batch={self.batch_size}; must be at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """One listed example of a raw dataset.
+
+  Attributes:
+    split: "train", "validation" or "test".
+    id: the example's id, unique in the dataset.
+    classes: 0-based class indices (empty when unlabelled).
+    items: modality -> an image file (Path), a text file (Path) or an inline text (str).
+    where: where the pair is listed ("<file>:<line>"), for messages.
+  """
+
+  split: str
+  id: str
+  classes: tuple[int, ...]
+  items: Mapping[str, Path | str]
+  where: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  split: str
+  id: str
+  modality: str
+  file: str
+  reason: str
+  action: str
+
+  def line(self) -> str:
+    return f"{self.split} pair {self.id!r} ({self.modality}): {self.reason} [{self.action}]"
+
+
+def read_text(item: Path | str) -> str:
+  """The text of an inline text or a text file (UTF-8; for .xml files the <text> element, as in
+  the Wikipedia archive, whose files are often not well-formed XML); BadInput if unusable."""
+  if isinstance(item, str):
+    text, where = item, "inline text"
+  else:
+    if not item.is_file():
+      raise encoders.BadInput(f"{item}: no such text file")
+    try:
+      text = item.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+      raise encoders.BadInput(
+        f"{item}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
+      ) from exc
+    where = str(item)
+    if item.suffix.lower() == ".xml":
+      found = _XML_TEXT.search(text)
+      text = _XML_TAG.sub(" ", found.group(1) if found else text)
+  text = " ".join(text.split())
+  if not text:
+    raise encoders.BadInput(f"{where}: empty text")
+  return text
+
+
+def encoder_for(
+  modality: str, kind: str, options: Options, defaults: Mapping[str, str]
+) -> encoders.Encoder:
+  """The encoder of one raw modality: the configured one, else the dataset's default."""
+  name = options.encoders.get(modality) or defaults.get(modality)
+  if not name:
+    raise ConfigError(f"no encoder for modality {modality!r}: set data.encoders.{modality}")
+  return encoders.get(name, kind)
+
+
+def check_encoders(options: Options, raw: Mapping[str, str], dataset: str, note: str = "") -> None:
+  """ConfigError when `data.encoders` names a modality the dataset has no raw items for."""
+  for modality in options.encoders:
+    if modality not in raw:
+      has = f"raw {', '.join(raw)} only" if raw else "no raw items"
+      raise ConfigError(f"data.encoders.{modality}: dataset {dataset!r} has {has}{note}")
+
+
+def fingerprint(options: Options, raw: Mapping[str, str], defaults: Mapping[str, str]) -> dict:
+  """The part of a prepared dataset's cache key that the encoders make: each raw modality's
+  encoder and its weights' fingerprint, and the bad-input policy."""
+  key: dict[str, Any] = {"bad_input": options.bad_input}
+  for modality, kind in raw.items():
+    encoder = encoder_for(modality, kind, options, defaults)
+    key[modality] = [encoder.name, encoder.load().fingerprint]
+  return key
+
+
+def duplicates(pairs: Sequence[Pair]) -> tuple[list[Pair], list[Problem]]:
+  """The pairs with each id's first listing kept, and a problem for every later listing."""
+  seen: dict[str, Pair] = {}
+  kept, problems = [], []
+  for pair in pairs:
+    if pair.id in seen:
+      problems.append(
+        Problem(
+          pair.split,
+          pair.id,
+          "id",
+          pair.where,
+          f"{pair.where}: id {pair.id!r} listed again (first at {seen[pair.id].where})",
+          "skipped",
+        )
+      )
+      continue
+    seen[pair.id] = pair
+    kept.append(pair)
+  return kept, problems
+
+
+def _reader(kind: str, items: Sequence[Path | str], notes: dict[int, str]):
+  """row -> the raw input of item `row`; image mode conversions are noted in `notes`."""
+
+  def read(row: int):
+    item = items[row]
+    if kind == "text":
+      return read_text(item)
+    if not isinstance(item, Path):
+      raise encoders.BadInput(f"{item!r}: an image must be a file path")
+    image, note = encoders.images.open_rgb(item)
+    if note:
+      notes[row] = note
+    return image
+
+  return read
+
+
+def encode(
+  pairs: Sequence[Pair],
+  raw: Mapping[str, str],
+  options: Options,
+  defaults: Mapping[str, str],
+  dataset: str,
+) -> tuple[list[Pair], dict[str, np.ndarray], list[Problem]]:
+  """Encodes the raw modalities of every pair.
+
+  Args:
+    pairs: the listed pairs, ids unique (see `duplicates`).
+    raw: modality -> kind ("image" or "text") of each modality encoded here.
+    options: the encoders and the bad-input policy.
+    defaults: modality -> the dataset's default encoder name.
+    dataset: the dataset's name, for messages.
+
+  Returns:
+    (pairs kept, modality -> float32 [kept, dim] features in the order of the kept pairs,
+    problems: every unreadable item, and every image converted to RGB).
+
+  Raises:
+    DataError: an item is unreadable and `options.bad_input` is "stop", or no pair is left.
+  """
+  problems: list[Problem] = []
+  features: dict[str, np.ndarray] = {}
+  bad = np.zeros(len(pairs), dtype=bool)
+  for modality, kind in raw.items():
+    encoder = encoder_for(modality, kind, options, defaults)
+    model = encoder.load()
+    items = [pair.items[modality] for pair in pairs]
+    notes: dict[int, str] = {}
+    if options.bad_input == "stop":
+      # Read every item before encoding any: the first unreadable one stops the run at once.
+      read = _reader(kind, items, {})
+      for row in range(len(items)):
+        try:
+          read(row)
+        except encoders.BadInput as exc:
+          raise DataError(
+            f"{dataset}: {exc} (pair {pairs[row].id!r}, listed at {pairs[row].where}); "
+            "set data.bad_input=skip to skip such pairs"
+          ) from exc
+    print(
+      f"{dataset}: encoding {len(items):,} {modality} items with {encoder.name}",
+      file=sys.stderr,
+    )
+    array, failures = encoders.embed(
+      model,
+      list(range(len(items))),
+      _reader(kind, items, notes),
+      batch_size=options.batch_size,
+      desc=f"{dataset} {modality} ({encoder.name})",
+    )
+    for row, reason in sorted(failures.items()):
+      bad[row] = True
+      pair = pairs[row]
+      problems.append(
+        Problem(pair.split, pair.id, modality, str(pair.items[modality]), reason, "skipped")
+      )
+    for row, note in sorted(notes.items()):
+      pair = pairs[row]
+      problems.append(
+        Problem(pair.split, pair.id, modality, str(pair.items[modality]), note, "converted")
+      )
+    features[modality] = array
+  kept_rows = np.flatnonzero(~bad)
+  kept = [pairs[i] for i in kept_rows]
+  if not kept:
+    raise DataError(f"{dataset}: no pair is left after skipping unreadable items")
+  return kept, {m: a[kept_rows] for m, a in features.items()}, problems
+
+
+def report_skipped(dataset: str, listed: int, kept: int) -> None:
+  """The console line saying how many listed pairs were skipped, if any."""
+  if kept < listed:
+    print(
+      f"{dataset}: skipped {listed - kept} of {listed:,} pairs with an unreadable item "
+      "(data.bad_input=stop stops instead); each is listed with its reason in a training "
+      "run's workdir (data_problems.tsv) and by mscross.data.load_problems",
+      file=sys.stderr,
+    )
+
+
+def problem_rows(problems: Iterable[Problem]) -> list[list[str]]:
+  """Problems as rows of PROBLEM_FIELDS (JSON-friendly, for a prepared dataset's metadata)."""
+  return [[getattr(p, f) for f in PROBLEM_FIELDS] for p in problems]
