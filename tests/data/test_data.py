@@ -119,7 +119,8 @@ def test_unknown_split_lists_valid_ones():
 
 
 def test_unknown_dataset_lists_available_ones():
-  with pytest.raises(DataError, match=r"available: archive, web_news, digits_halves, dscmr_mat, features, manifest, uci_"):
+  listed = "archive, web_news, digits_halves, dscmr_mat, features, manifest, uci_"
+  with pytest.raises(DataError, match=f"available: {listed}"):
     load_split("wikipedia2", "train")
 
 
