@@ -35,6 +35,7 @@ __all__ = [
   "describe_datasets",
   "load_problems",
   "load_split",
+  "raw_items",
   "resolve_data_dir",
   "subset",
 ]
@@ -107,16 +108,27 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str | None:
   return os.environ.get(base.DATA_ENV) or None
 
 
+def _source_dir(builder_cls, name: str, data_dir) -> Path | None:
+  if builder_cls.SOURCE_SUBDIR is None:
+    return None
+  root = resolve_data_dir(data_dir)
+  if root is None:
+    raise DataError(
+      f"dataset {name!r} needs a data directory: pass data_dir or set {base.DATA_ENV}"
+    )
+  return (Path(root).expanduser() / builder_cls.SOURCE_SUBDIR).resolve()
+
+
+def raw_items(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+  """pair id -> modality -> raw item (an image or text file `Path`, or an inline text `str`)
+  of a dataset made from raw items, for showing results; empty for feature datasets."""
+  builder_cls, _ = _resolve(name)
+  return builder_cls.raw_items(_source_dir(builder_cls, name, data_dir))
+
+
 def _prepared(name: str, data_dir: str | os.PathLike | None, options: raw.Options | None) -> Path:
   builder_cls, config_name = _resolve(name)
-  source_dir = None
-  if builder_cls.SOURCE_SUBDIR is not None:
-    root = resolve_data_dir(data_dir)
-    if root is None:
-      raise DataError(
-        f"dataset {name!r} needs a data directory: pass data_dir or set {base.DATA_ENV}"
-      )
-    source_dir = (Path(root).expanduser() / builder_cls.SOURCE_SUBDIR).resolve()
+  source_dir = _source_dir(builder_cls, name, data_dir)
   return cache.prepare(builder_cls, config_name, source_dir, options)
 
 

@@ -138,6 +138,10 @@ class Archive(base.PairedBuilder, skip_registration=True):
     files += [p for pair in pairs for p in pair.items.values() if p.is_file()]
     return files
 
+  @classmethod
+  def raw_items(cls, source_dir: Path | None) -> dict[str, dict[str, Path | str]]:
+    return {pair.id: dict(pair.items) for pair in listed_pairs(Path(source_dir))[1]}
+
   def read_source(self) -> dict[str, base.Split]:
     class_names, pairs = listed_pairs(self._source_dir)
     kept, features = self.encode_raw(pairs)

@@ -307,6 +307,13 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return []
 
   @classmethod
+  def raw_items(cls, source_dir: Path | None) -> dict[str, dict[str, Path | str]]:
+    """pair id -> modality -> its raw item (an image or text file, or an inline text), for
+    datasets made from raw items; empty for datasets of feature arrays."""
+    del source_dir
+    return {}
+
+  @classmethod
   def source_fingerprint_extra(cls) -> str:
     """Extra text to fold into the cache key, for sources that are not files (embedded data)."""
     return ""

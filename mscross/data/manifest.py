@@ -152,6 +152,10 @@ class Manifest(base.PairedBuilder, skip_registration=True):
     items = [p for pair in pairs for p in pair.items.values() if isinstance(p, Path)]
     return [path] + [p for p in items if p.is_file()]
 
+  @classmethod
+  def raw_items(cls, source_dir: Path | None) -> dict[str, dict[str, Path | str]]:
+    return {pair.id: dict(pair.items) for pair in read_pairs(Path(source_dir))[2]}
+
   def read_source(self) -> dict[str, base.Split]:
     path, class_names, pairs, has_split = read_pairs(self._source_dir)
     kept, features = self.encode_raw(pairs)

@@ -259,6 +259,14 @@ def report_skipped(dataset: str, listed: int, kept: int) -> None:
     )
 
 
+def problems_tsv(problems: Iterable[Problem]) -> str:
+  """Problems as a tab-separated table with a header row (the workdir's data_problems.tsv)."""
+  rows = [PROBLEM_FIELDS] + [
+    tuple(" ".join(str(getattr(p, f)).split()) for f in PROBLEM_FIELDS) for p in problems
+  ]
+  return "".join("\t".join(row) + "\n" for row in rows)
+
+
 def problem_rows(problems: Iterable[Problem]) -> list[list[str]]:
   """Problems as rows of PROBLEM_FIELDS (JSON-friendly, for a prepared dataset's metadata)."""
   return [[getattr(p, f) for f in PROBLEM_FIELDS] for p in problems]

@@ -81,6 +81,18 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
     texts = Path(source_dir) / TEXTS_DIR
     return files + (sorted(texts.glob("*.xml")) if texts.is_dir() else [])
 
+  @classmethod
+  def raw_items(cls, source_dir: Path | None) -> dict[str, dict[str, Path | str]]:
+    # The texts only: the release's images are not available.
+    texts = Path(source_dir) / TEXTS_DIR
+    if not texts.is_dir():
+      return {}
+    items = {}
+    for path in (Path(source_dir) / TRAIN_LIST, Path(source_dir) / TEST_LIST):
+      for pair_id in read_list(path)[0]:
+        items[pair_id] = {"text": texts / f"{pair_id.split('/')[0]}.xml"}
+    return items
+
   def read_source(self) -> dict[str, base.Split]:
     paths = checks.require_files(self._source_dir, FILES)
     features_path, train_path, test_path, categories_path = paths

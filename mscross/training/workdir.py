@@ -30,6 +30,7 @@ import time
 
 from mscross import atomic, dotted
 from mscross import config as config_lib
+from mscross.data import raw
 from mscross.errors import ConfigError, MscrossError
 
 CONFIG = "config.json"
@@ -232,13 +233,8 @@ def write_spec(workdir: str, spec) -> None:
 def write_problems(workdir: str, problems) -> None:
   """The dataset's skipped or converted raw items (`mscross.data.Problem`), as a TSV file with
   a header row; no file when there were none."""
-  from mscross.data import raw
-
-  rows = [raw.PROBLEM_FIELDS] + [
-    tuple(" ".join(str(getattr(p, f)).split()) for f in raw.PROBLEM_FIELDS) for p in problems
-  ]
   if problems:
-    atomic.write_text(path(workdir, PROBLEMS), "".join("\t".join(r) + "\n" for r in rows))
+    atomic.write_text(path(workdir, PROBLEMS), raw.problems_tsv(problems))
   elif os.path.exists(path(workdir, PROBLEMS)):
     os.remove(path(workdir, PROBLEMS))
 

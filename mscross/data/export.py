@@ -1,0 +1,56 @@
+"""Writing a dataset's prepared features as plain arrays, in the layout the `features` dataset
+reads back (what `extract.py` does):
+
+  <out>/manifest.json            {"modalities": [...], "class_names": [...]}
+  <out>/<split>/<modality>.npy   float32 [N, d] per modality, for train, validation and test
+  <out>/<split>/labels.npy       class indices [N] (single-label data) or 0/1 rows [N, C]
+  <out>/<split>/ids.txt          the pair ids, one a line, in row order
+  <out>/data_problems.tsv        raw items skipped or converted (when there were any)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mscross import atomic
+from mscross.data import base, raw
+
+
+def write_features(
+  splits: dict[str, base.Split], problems: list[raw.Problem], out: str | os.PathLike
+) -> dict:
+  """Writes `splits` (every split of one dataset) and `problems` under `out`; returns a summary
+  {split: rows, "dims": {modality: d}, "skipped": pairs skipped}."""
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  train = splits["train"]
+  single = train.label is not None and all(
+    np.all(s.label.sum(axis=1) == 1) for s in splits.values()
+  )
+  for name, split in splits.items():
+    folder = out / name
+    folder.mkdir(exist_ok=True)
+    arrays = dict(split.features)
+    if split.label is not None:
+      arrays["labels"] = np.argmax(split.label, axis=1) if single else split.label
+    for key, array in arrays.items():
+      with atomic.replacing(folder / f"{key}.npy", suffix=".npy") as tmp:
+        np.save(tmp, array)
+    atomic.write_lines(folder / "ids.txt", [f"{i}\n" for i in split.ids])
+  manifest = {"modalities": list(train.modalities)}
+  if train.label is not None:
+    manifest["class_names"] = list(train.class_names)
+  atomic.write_text(out / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False))
+  table = out / "data_problems.tsv"
+  if problems:
+    atomic.write_text(table, raw.problems_tsv(problems))
+  elif table.exists():
+    table.unlink()
+  summary: dict = {name: len(split) for name, split in splits.items()}
+  summary["dims"] = {m: int(a.shape[1]) for m, a in train.features.items()}
+  summary["skipped"] = sum(p.action == "skipped" for p in problems)
+  return summary
