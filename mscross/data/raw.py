@@ -176,6 +176,27 @@ def _reader(kind: str, items: Sequence[Path | str], notes: dict[int, str]):
   return read
 
 
+def encode_items(
+  encoder_name: str, items: Sequence[Path | str], *, batch_size: int = 32, progress: bool = False
+) -> np.ndarray:
+  """float32 [N, dim] features of raw items (image files, or texts / text files) by the named
+  encoder; DataError naming the first item that cannot be read."""
+  encoder = encoders.get(encoder_name)
+  items = [Path(item) if encoder.kind == "image" else item for item in items]
+  features, failures = encoders.embed(
+    encoder.load(),
+    list(range(len(items))),
+    _reader(encoder.kind, items, {}),
+    batch_size=batch_size,
+    desc=encoder.name,
+    progress=progress,
+  )
+  if failures:
+    row = min(failures)
+    raise DataError(f"item {row}: {failures[row]} ({len(failures)} unreadable in all)")
+  return features
+
+
 def encode(
   pairs: Sequence[Pair],
   raw: Mapping[str, str],

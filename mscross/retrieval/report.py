@@ -16,6 +16,9 @@ retrieval direction of `metrics.direction_names(split.modalities)`. It writes in
   classes):
     report.json         the metrics summary (Recall@k, median and mean rank, MRR) and the results
     index.html/.md      that table and top-10 results, where a hit is the query's own pair
+  either, where the dataset's raw items are given (`raw_items`):
+    thumbs/             a small JPEG of every shown image, beside its id on the pages, which
+                        also show the opening words of every shown text (`report_items`)
 
 The definitions are those of `mscross.metrics`: `curves` for the precision-recall curve (101
 recall levels, the 11-point curve among them), precision@K and per-class AP; `ranking` and
@@ -35,6 +38,7 @@ import numpy as np
 
 from mscross import metrics
 from mscross.errors import ConfigError, DataError
+from mscross.retrieval import report_items
 
 TOP_RESULTS = 10
 HIT_MARK, MISS_MARK = "\u2713", "\u2717"
@@ -285,15 +289,18 @@ def _markdown_page(report: dict) -> str:
   headers = _result_headers(labelled)
   for q in report["examples"]:
     before, after = _query_heading(q, names)
+    item = report_items.markdown(q.get("item"))
     out += [
       f"### {_md_cell(before)}`{q['id']}`{_md_cell(after)}",
       "",
+      *([item, ""] if item else []),
       "| " + " | ".join(headers) + " |",
       "|---:|---|" + ("---|" if labelled else "") + "---:|:---:|",
     ]
     for r in q["results"]:
       pair = " (its pair)" if r["is_pair"] else ""
-      cells = [str(r["rank"]), f"`{r['id']}`{pair}"]
+      item = report_items.markdown(r.get("item"))
+      cells = [str(r["rank"]), f"`{r['id']}`{pair}" + (f"<br>{item}" if item else "")]
       if labelled:
         cells.append(_md_cell(", ".join(r["classes"])))
       cells += [f"{r['similarity']:.3f}", HIT_MARK if r["hit"] else MISS_MARK]
@@ -344,7 +351,7 @@ def _html_page(report: dict) -> str:
   out = [
     "<!DOCTYPE html>",
     '<html lang="en"><head><meta charset="utf-8">',
-    f"<title>{title}</title><style>{_CSS}</style></head><body>",
+    f"<title>{title}</title><style>{_CSS}{report_items.CSS}</style></head><body>",
     f"<h1>{title}</h1>",
     "<h2>Metrics</h2>",
     f"<p>{e(_metrics_intro(report))}</p>",
@@ -385,7 +392,7 @@ def _html_page(report: dict) -> str:
   else:
     hit_rule = "when it is the query's own pair"
   out += [
-    f"<h2>Top-{TOP_RESULTS} results</h2>",
+    f'<h2 id="results">Top-{TOP_RESULTS} results</h2>',  # an anchor to link or jump to
     f"<p>Queries at evenly spaced positions of the split. A result is a hit ({HIT_MARK}) "
     f"{hit_rule}, else a miss ({MISS_MARK}); &ldquo;its pair&rdquo; marks the query's own "
     "partner from the other modality.</p>",
@@ -396,12 +403,14 @@ def _html_page(report: dict) -> str:
     out += [
       f'<section class="query" id="{anchor}">',
       f"<h3>{e(before)}<code>{e(q['id'])}</code>{e(after)}</h3>",
+      report_items.query_html(q.get("item")),
       "<table>",
       _row([_th(h) for h in _result_headers(labelled)]),
     ]
     for r in q["results"]:
       pair = ' <span class="pair">(its pair)</span>' if r["is_pair"] else ""
-      cells = [_td(r["rank"], "num"), _td(f"<code>{e(r['id'])}</code>{pair}")]
+      id_html = report_items.html_cell(r.get("item"), f"<code>{e(r['id'])}</code>{pair}")
+      cells = [_td(r["rank"], "num"), _td(id_html)]
       if labelled:
         cells.append(_td(e(", ".join(r["classes"]))))
       cells += [
@@ -503,6 +512,7 @@ def write_report(
   summary: dict,
   num_queries: int = 5,
   block_size: int | None = None,
+  raw_items: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
   """Writes the report of one split's retrieval embeddings (module docstring) into `out_dir`.
 
@@ -520,10 +530,13 @@ def write_report(
     num_queries: queries shown per direction, at evenly spaced indices of the split.
     block_size: queries scored at once by the curves and per-class AP; None sizes blocks from
       the metrics' memory budget.
+    raw_items: pair id -> modality -> raw item (an image or text file, or an inline text), as
+      `mscross.data.raw_items` gives them: the pages show each shown query's and result's image
+      as a thumbnail (written to thumbs/) or its text's opening words. None or empty: ids only.
 
   Returns:
-    `out_dir`, holding report.json, index.html and index.md, and for a labelled split also
-    pr_curve.png, precision_at_k.png and per_class_ap.md.
+    `out_dir`, holding report.json, index.html and index.md, for a labelled split also
+    pr_curve.png, precision_at_k.png and per_class_ap.md, and with raw items thumbs/.
 
   Raises:
     ConfigError: a negative num_queries, or a block_size that is not a positive integer.
@@ -572,6 +585,10 @@ def write_report(
   ]
 
   os.makedirs(out_dir, exist_ok=True)
+  if raw_items:
+    report_items.attach(report, raw_items, out_dir)
+  else:
+    report_items.prune(out_dir)  # thumbnails of an earlier report are not this one's
   title = report["title"]
   files = {
     "report.json": json.dumps(_json_ready(report), indent=1) + "\n",

@@ -203,6 +203,7 @@ def evaluate_workdir(
       embeddings=embeddings,
       summary={k: v for k, v in results[0].items() if k not in (*header, "member", "step")},
       block_size=int(wd.config.eval.block_size) or None,
+      raw_items=_raw_items(wd.config, notes),
     )
     notes.append(f"report: {out}")
   if topk:
@@ -210,6 +211,19 @@ def evaluate_workdir(
     index_lib.write_topk_files(out, embeddings, part.ids, topk)
     notes.append(f"top-{topk} neighbours: {out}")
   return result, notes
+
+
+def _raw_items(config, notes: list[str]) -> dict:
+  """The raw items of the config's dataset for the report (empty for feature datasets); when its
+  source folder cannot be read (moved or deleted since training), none, with a note."""
+  data_dir = data.resolve_data_dir(config.data.data_dir or None)
+  try:
+    return data.raw_items(config.data.name, data_dir)
+  except DataError as exc:
+    notes.append(
+      f"report: shows ids only, the raw items of {config.data.name!r} are unreadable: {exc}"
+    )
+    return {}
 
 
 def export(export_dir: str, embeddings: dict[str, np.ndarray], split: data.Split) -> str:

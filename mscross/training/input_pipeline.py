@@ -72,7 +72,7 @@ class Normalizer:
         s = wide.std(axis=0)
         # Constant features (common in BoVW histograms) would divide by zero; "constant" is
         # relative to the feature's magnitude, so features far from 1 in scale are judged alike.
-        scale = np.maximum(np.abs(wide).max(axis=0), 1.0)
+        scale = np.abs(wide).max(axis=0)
         mean[m], std[m] = wide.mean(axis=0), np.where(s > 1e-8 * scale, s, 1.0)
       else:
         largest = float(np.abs(x).max(initial=0.0))
