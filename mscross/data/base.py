@@ -32,7 +32,19 @@ SPLITS = ("train", "validation", "test")
 SPLIT_SEED = 0
 
 CACHE_ENV = "MSCROSS_CACHE_DIR"
+# Under the cache root: each raw modality's encoded items, per encoder and item list, so that
+# changing one modality's encoder does not encode the other modality again.
+FEATURES_CACHE = "_encoded"
 DATA_ENV = "MSCROSS_DATA_DIR"
+
+
+def cache_root() -> Path:
+  """Root of the prepared-data cache: $MSCROSS_CACHE_DIR, else ~/.cache/mscross/tfds."""
+  configured = os.environ.get(CACHE_ENV)
+  if configured:
+    return Path(configured).expanduser()
+  return Path.home() / ".cache" / "mscross" / "tfds"
+
 
 # Every dataset builder, by name: a subclass of `PairedBuilder` with a `NAME` registers itself
 # here where it is defined (`mscross.data` imports every module of the package).
@@ -289,6 +301,7 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self._options,
       self.DEFAULT_ENCODERS,
       self.NAME or type(self).__name__,
+      cache_dir=cache_root() / FEATURES_CACHE,
     )
     self._problems += problems + found
     raw.report_skipped(self.NAME or type(self).__name__, len(pairs), len(kept))

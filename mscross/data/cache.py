@@ -29,14 +29,6 @@ except ImportError:  # not POSIX (Windows): no lock; the lost-rename fallback in
   fcntl = None
 
 
-def cache_root() -> Path:
-  """Root of the prepared-data cache: $MSCROSS_CACHE_DIR, else ~/.cache/mscross/tfds."""
-  configured = os.environ.get(base.CACHE_ENV)
-  if configured:
-    return Path(configured).expanduser()
-  return Path.home() / ".cache" / "mscross" / "tfds"
-
-
 def _fingerprint(
   builder_cls: type[base.PairedBuilder],
   config_name: str | None,
@@ -124,7 +116,7 @@ def prepare(
   options = options or raw.Options()
   files = builder_cls.source_files(source_dir, config_name)
   fingerprint = _fingerprint(builder_cls, config_name, source_dir, files, options)
-  root = cache_root() / builder_cls.name / fingerprint
+  root = base.cache_root() / builder_cls.name / fingerprint
   data_path = _data_path(root, builder_cls, config_name)
   # Checked before locking too: warm loads, the common case, then never wait on a preparation.
   if _is_prepared(data_path):

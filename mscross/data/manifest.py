@@ -169,9 +169,8 @@ class Manifest(base.PairedBuilder, skip_registration=True):
       class_names,
     )
     if not has_split:
-      classes = np.argmax(whole.label, axis=1) if labelled else np.zeros(len(kept), int)
       if labelled:
-        indices = base.split_60_20_20(classes, str(path))
+        indices = base.split_60_20_20(np.argmax(whole.label, axis=1), str(path))
       else:
         train, rest = base.holdout(np.arange(len(kept)), 0.4, None, str(path))
         validation, test = base.holdout(rest, 0.5, None, str(path))

@@ -12,6 +12,7 @@ prepared data's metadata, from which a training run copies it into its workdir);
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,10 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from mscross import encoders
+from mscross import atomic, encoders
 from mscross.errors import ConfigError, DataError
 
 BAD_INPUT_CHOICES = ("skip", "stop")
+# Folded into the key of every cached encoding: bump when the reading of items changes.
+ENCODED_VERSION = "1"
 PROBLEM_FIELDS = ("split", "id", "modality", "file", "reason", "action")
 _XML_TEXT = re.compile(r"<text>(.*?)</text>", re.DOTALL)
 _XML_TAG = re.compile(r"<[^>]+>")
@@ -197,12 +200,82 @@ def encode_items(
   return features
 
 
+def _items_key(encoder: encoders.Encoder, fingerprint: str, items: Sequence[Path | str]) -> str:
+  digest = hashlib.sha256(f"{ENCODED_VERSION}|{encoder.name}|{fingerprint}".encode())
+  for item in items:
+    if isinstance(item, Path):
+      try:
+        info = item.stat()
+        digest.update(f"|f:{item}:{info.st_size}:{info.st_mtime_ns}".encode())
+      except OSError:
+        digest.update(f"|f:{item}:-".encode())
+    else:
+      digest.update(b"|t:" + hashlib.sha256(item.encode()).digest())
+  return digest.hexdigest()[:24]
+
+
+def _encoded(
+  encoder: encoders.Encoder,
+  items: Sequence[Path | str],
+  options: Options,
+  desc: str,
+  cache_dir: Path | None,
+  pairs: Sequence[Pair],
+) -> tuple[np.ndarray, dict[int, str], dict[int, str]]:
+  """(features with NaN rows, {row: failure}, {row: conversion note}) of `items`, from the
+  cache when these items were encoded by this encoder before."""
+  model = encoder.load()
+  path = None
+  if cache_dir is not None:
+    path = cache_dir / f"{encoder.name}-{_items_key(encoder, model.fingerprint, items)}.npz"
+    if path.is_file():
+      with np.load(path, allow_pickle=False) as f:
+        failures = dict(zip(f["failed_rows"].tolist(), f["failed"].tolist(), strict=True))
+        notes = dict(zip(f["noted_rows"].tolist(), f["noted"].tolist(), strict=True))
+        print(f"{desc}: {len(items):,} items encoded by {encoder.name} earlier", file=sys.stderr)
+        return f["features"], failures, notes
+  kind = encoder.kind
+  notes: dict[int, str] = {}
+  if options.bad_input == "stop":
+    # Read every item before encoding any, so that the first unreadable one stops at once.
+    read = _reader(kind, items, {})
+    for row in range(len(items)):
+      try:
+        read(row)
+      except encoders.BadInput as exc:
+        raise DataError(
+          f"{exc} (pair {pairs[row].id!r}, listed at {pairs[row].where}); "
+          "set data.bad_input=skip to skip such pairs"
+        ) from exc
+  print(f"{desc}: encoding {len(items):,} items with {encoder.name}", file=sys.stderr)
+  array, failures = encoders.embed(
+    model,
+    list(range(len(items))),
+    _reader(kind, items, notes),
+    batch_size=options.batch_size,
+    desc=f"{desc} ({encoder.name})",
+  )
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.replacing(path, suffix=".npz") as tmp:
+      np.savez(
+        tmp,
+        features=array,
+        failed_rows=np.asarray(sorted(failures), np.int64),
+        failed=np.asarray([failures[r] for r in sorted(failures)], dtype=str),
+        noted_rows=np.asarray(sorted(notes), np.int64),
+        noted=np.asarray([notes[r] for r in sorted(notes)], dtype=str),
+      )
+  return array, failures, notes
+
+
 def encode(
   pairs: Sequence[Pair],
   raw: Mapping[str, str],
   options: Options,
   defaults: Mapping[str, str],
   dataset: str,
+  cache_dir: Path | None = None,
 ) -> tuple[list[Pair], dict[str, np.ndarray], list[Problem]]:
   """Encodes the raw modalities of every pair.
 
@@ -212,6 +285,9 @@ def encode(
     options: the encoders and the bad-input policy.
     defaults: modality -> the dataset's default encoder name.
     dataset: the dataset's name, for messages.
+    cache_dir: where each modality's encoded items are kept, keyed by the encoder (with its
+      weights) and the items (files by path, size and modification time; texts by content);
+      None: no such cache.
 
   Returns:
     (pairs kept, modality -> float32 [kept, dim] features in the order of the kept pairs,
@@ -225,31 +301,16 @@ def encode(
   bad = np.zeros(len(pairs), dtype=bool)
   for modality, kind in raw.items():
     encoder = encoder_for(modality, kind, options, defaults)
-    model = encoder.load()
     items = [pair.items[modality] for pair in pairs]
-    notes: dict[int, str] = {}
-    if options.bad_input == "stop":
-      # Read every item before encoding any: the first unreadable one stops the run at once.
-      read = _reader(kind, items, {})
-      for row in range(len(items)):
-        try:
-          read(row)
-        except encoders.BadInput as exc:
-          raise DataError(
-            f"{dataset}: {exc} (pair {pairs[row].id!r}, listed at {pairs[row].where}); "
-            "set data.bad_input=skip to skip such pairs"
-          ) from exc
-    print(
-      f"{dataset}: encoding {len(items):,} {modality} items with {encoder.name}",
-      file=sys.stderr,
+    array, failures, notes = _encoded(
+      encoder, items, options, f"{dataset} {modality}", cache_dir, pairs
     )
-    array, failures = encoders.embed(
-      model,
-      list(range(len(items))),
-      _reader(kind, items, notes),
-      batch_size=options.batch_size,
-      desc=f"{dataset} {modality} ({encoder.name})",
-    )
+    if failures and options.bad_input == "stop":
+      row = min(failures)
+      raise DataError(
+        f"{dataset}: {failures[row]} (pair {pairs[row].id!r}, listed at {pairs[row].where}); "
+        "set data.bad_input=skip to skip such pairs"
+      )
     for row, reason in sorted(failures.items()):
       bad[row] = True
       pair = pairs[row]

@@ -53,6 +53,14 @@ def test_second_load_reads_the_cache_and_encoders_key_it(tmp_path):
   before = dict(ENCODE_CALLS)
   data.load_split("archive", "test", folder, TINY)
   assert ENCODE_CALLS == before
+  # Another preparation of the same items by the same encoders reuses their encodings.
+  stop = data.Options(encoders=TINY_ENCODERS, bad_input="stop")
+  assert len(data.load_split("archive", "train", folder, stop)) == 18
+  assert ENCODE_CALLS == before
+  # A changed file is encoded again (with the rest of its modality), the other modality not.
+  (folder / "texts" / "txt3.txt").write_text("a new text")
+  data.load_split("archive", "train", folder, TINY)
+  assert ENCODE_CALLS["image"] == before["image"] and ENCODE_CALLS["text"] == before["text"] + 28
   # Another encoder is another preparation.
   with pytest.raises(ConfigError, match="unknown text encoder 'nope'"):
     data.load_split(
