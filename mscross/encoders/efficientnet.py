@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from mscross.encoders import images, registry, torch_pickle, weights
 from mscross.errors import DataError
@@ -63,6 +64,43 @@ def _batch_norm(name: str) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, name=name)
 
 
+class DepthwiseConv(nn.Module):
+  """A k x k depthwise convolution with "SAME" padding (the odd padding pixel after, as in
+  TensorFlow and the reference), no bias; kernel [k, k, 1, C] as `nn.Conv`'s with
+  `feature_group_count=C`.
+
+  Computed as k^2 shifted, strided slices of the padded input times each tap's per-channel
+  weights: XLA on CPU runs grouped convolutions an order of magnitude slower than this sum,
+  which it fuses into one pass (measured here: 2.7 s against 0.15 s for [32, 112, 112, 96]).
+  """
+
+  kernel: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    k, s = self.kernel, self.stride
+    batch, height, width, channels = x.shape
+    w = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, channels), jnp.float32)
+    out_h, out_w = -(-height // s), -(-width // s)
+    pad_h = max((out_h - 1) * s + k - height, 0)
+    pad_w = max((out_w - 1) * s + k - width, 0)
+    x = jnp.pad(
+      x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    )
+    out = None
+    for i in range(k):
+      for j in range(k):
+        tap = lax.slice(
+          x,
+          (0, i, j, 0),
+          (batch, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1, channels),
+          (1, s, s, 1),
+        ) * w[i, j, 0].astype(x.dtype)
+        out = tap if out is None else out + tap
+    return out
+
+
 class MBConv(nn.Module):
   """Inverted residual block: 1x1 expansion, depthwise k x k, 1x1 projection; a residual when
   the shape is kept."""
@@ -80,16 +118,7 @@ class MBConv(nn.Module):
     if self.expand != 1:
       y = nn.Conv(hidden, (1, 1), use_bias=False, name="expand_conv")(y)
       y = nn.relu6(_batch_norm("bn0")(y))
-    # XLA's "SAME" puts the odd padding pixel after, as TensorFlow (and the reference) do.
-    y = nn.Conv(
-      hidden,
-      (self.kernel, self.kernel),
-      strides=self.stride,
-      padding="SAME",
-      feature_group_count=hidden,
-      use_bias=False,
-      name="depthwise_conv",
-    )(y)
+    y = DepthwiseConv(self.kernel, self.stride, name="depthwise_conv")(y)
     y = nn.relu6(_batch_norm("bn1")(y))
     y = nn.Conv(self.features, (1, 1), use_bias=False, name="project_conv")(y)
     y = _batch_norm("bn2")(y)
