@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from mscross import data
-from mscross.errors import CheckpointError, DataError
+from mscross.errors import CheckpointError, ConfigError, DataError
 from mscross.methods import models
 from mscross.retrieval import index as index_lib
 from mscross.training import checkpoints, evaluation, input_pipeline
@@ -125,6 +125,25 @@ class TrainedModel:
       features={modality: x}, label=None, ids=np.arange(len(x)).astype(str), class_names=()
     )
     return evaluation.embed_split(self.workdir._embed, self.params, one, self.mu)[0]
+
+  def features_of(self, modality: str, items) -> np.ndarray:
+    """Features [N, d] of raw items of `modality` (image files; texts, or text files as
+    `Path`s) by the pretrained encoder the model was trained on (`data.encoders.<modality>`);
+    DataError naming the first unreadable item, ConfigError when the modality was not made
+    from raw items."""
+    encoder = dict(self.config.data.get("encoders", {})).get(modality)
+    if not encoder:
+      raise ConfigError(
+        f"modality {modality!r} of this model was not made from raw items (no "
+        f"data.encoders.{modality}); pass feature vectors to encode() instead"
+      )
+    return data.raw.encode_items(
+      encoder, list(items), batch_size=int(self.config.data.encode_batch)
+    )
+
+  def encode_items(self, modality: str, items) -> np.ndarray:
+    """Embeddings [N, e] of raw items of `modality`: `features_of`, then `encode`."""
+    return self.encode(modality, self.features_of(modality, items))
 
   def embed(self, split: data.Split) -> dict[str, np.ndarray]:
     """{modality: [N, e]} of a TRANSFORMED split (`Workdir.split`)."""

@@ -3,9 +3,13 @@ are listed in the workdir, and the run's config records the encoders."""
 
 import json
 
+import numpy as np
 import pytest
 from conftest import TINY_ENCODERS, trainer_config, write_archive
 
+import mscross
+from mscross import data
+from mscross.errors import DataError
 from mscross.training import trainer, workdir
 
 
@@ -25,6 +29,23 @@ def test_training_on_raw_pairs_lists_skipped_ones(tmp_path, monkeypatch, caplog)
   assert "img40.jpg: no such image file" in rows[1]
   assert "1 pair(s) skipped" in caplog.text
   assert json.loads((run / workdir.CONFIG).read_text())["data"]["encoders"] == TINY_ENCODERS
+  # The trained model encodes new raw items as training saw them.
+  model = mscross.load(str(run))
+  test = data.load_split("archive", "test", folder, data.Options(encoders=TINY_ENCODERS))
+  names = [pair_id.split("/") for pair_id in test.ids[:5]]
+  images = [
+    folder / "images" / ("cats", "dogs")[int(np.argmax(row))] / f"{i}.jpg"
+    for (_, i), row in zip(names, test.label[:5], strict=True)
+  ]
+  texts = [folder / "texts" / f"{t}.txt" for t, _ in names]
+  np.testing.assert_allclose(model.features_of("image", images), test.features["image"][:5], 1e-6)
+  np.testing.assert_allclose(model.features_of("text", texts), test.features["text"][:5], 1e-6)
+  np.testing.assert_allclose(
+    model.encode_items("text", texts), model.encode("text", test.features["text"][:5]), 1e-6
+  )
+  with pytest.raises(DataError, match="nope.jpg: no such image file"):
+    model.features_of("image", [folder / "nope.jpg"])
+
   with pytest.raises(Exception, match="bad_input"):
     c.data.bad_input = "stop"
     trainer.train_and_evaluate(c, str(tmp_path / "stop"))
