@@ -40,9 +40,9 @@ def sweep(tmp_path_factory):
   seen_splits = []
   real = data.load_split
 
-  def spy(name, split, data_dir=None):
+  def spy(name, split, data_dir=None, options=None):
     seen_splits.append(split)
-    return real(name, split, data_dir)
+    return real(name, split, data_dir, options)
 
   data.load_split = spy
   try:
