@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from provenance import ROOT, header, provenance
+from provenance import ROOT, header, provenance, write_results
 
 from mscross import presets
 from mscross.training import trainer
@@ -96,11 +96,7 @@ def main(argv=None) -> int:
     r = run_row(row, args.root)
     print(json.dumps(r), flush=True)
     results["rows"].append(r)
-  with open(args.out + ".json", "w") as f:
-    json.dump(results, f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(markdown(results))
-  print(markdown(results))
+  write_results(args.out, results, markdown(results))
   return 0
 
 

@@ -32,7 +32,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from provenance import ROOT, header, provenance
+from provenance import ROOT, header, provenance, write_results
 
 from mscross import data, encoders
 from mscross.data import raw
@@ -215,11 +215,7 @@ def main(argv=None) -> int:
     results[part] = parts[part](args, data_dir)
     print(json.dumps({part: results[part]}), flush=True)
   results["provenance"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-  with open(args.out + ".json", "w") as f:
-    json.dump(results, f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(markdown(results))
-  print(markdown(results))
+  write_results(args.out, results, markdown(results))
   return 0
 
 

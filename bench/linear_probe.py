@@ -19,7 +19,7 @@ import sys
 import time
 
 import numpy as np
-from provenance import ROOT, header, provenance
+from provenance import ROOT, header, provenance, write_results
 
 from mscross import data
 
@@ -113,11 +113,7 @@ def main(argv=None) -> int:
     r = run_set(name, data.resolve_data_dir(args.data_dir))
     print(json.dumps(r), flush=True)
     results["sets"].append(r)
-  with open(args.out + ".json", "w") as f:
-    json.dump(results, f, indent=1)
-  with open(args.out + ".md", "w") as f:
-    f.write(markdown(results))
-  print(markdown(results))
+  write_results(args.out, results, markdown(results))
   return 0
 
 

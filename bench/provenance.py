@@ -3,6 +3,7 @@ tree was clean), package versions, Python, the CPU and its load, and the command
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -53,3 +54,12 @@ def header(prov: dict) -> str:
     f"{prov['cpu']}, {prov['cores']} cores, load average {prov['load_average']} at the start; "
     f"Python {prov['python']}; {versions}.\n"
   )
+
+
+def write_results(out: str, results: dict, markdown: str) -> None:
+  """`<out>.json` and `<out>.md` of a benchmark, and the Markdown on standard output."""
+  with open(out + ".json", "w") as f:
+    json.dump(results, f, indent=1)
+  with open(out + ".md", "w") as f:
+    f.write(markdown)
+  print(markdown)
