@@ -71,6 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.adv.mode = "alternating"  # or "reversal"
   c.adv.weight = 1.0
   c.adv.schedule = "dann"  # or "constant"
+  # Steps over which the DANN schedule ramps the adversary's weight up to `adv.weight`: a
+  # setting of its own, so that the adversary reaches its weight in runs that early stopping
+  # ends long before the step cap; 0 ramps over `train.steps` (the cap), as DANN's paper does.
+  c.adv.ramp_steps = 1000.0
   c.adv.d_steps = 1
 
   # One entry per loss term, {weight, options...}: the method's terms (mscross.methods.registry),
@@ -184,6 +188,8 @@ def validate(config) -> None:
   _choice("adv.mode", a.mode, ("alternating", "reversal"))
   _choice("adv.schedule", a.schedule, ("dann", "constant"))
   _positive_ints(config, "adv", ("d_steps",))
+  if isinstance(a.ramp_steps, bool) or not a.ramp_steps >= 0:
+    raise ConfigError(f"config.adv.ramp_steps must be >= 0, got {a.ramp_steps!r}")
 
   metric = config.eval.select_metric
   if not isinstance(metric, str) or "_" not in metric:

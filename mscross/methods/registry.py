@@ -228,7 +228,14 @@ class Method:
       Param("train.batch_size", choices=(32, 64, 128)),
     ]
     if self.adversarial:
-      shared += [Param("adv.weight", 0.01, 3.0, log=True), Param("adv.d_steps", choices=(1, 2, 3))]
+      shared += [
+        Param("adv.weight", 0.01, 3.0, log=True),
+        Param("adv.d_steps", choices=(1, 2, 3)),
+        # The ramp's length, searched like the weight (traced, so members differ in it): runs
+        # stop by patience after a few hundred to a few thousand steps, and a ramp longer than
+        # the run never lets the adversary reach its weight.
+        Param("adv.ramp_steps", 100.0, 3000.0, log=True),
+      ]
     return (*shared, *self.own_space)
 
 

@@ -34,7 +34,7 @@ from mscross.errors import ConfigError
 from mscross.methods import registry
 from mscross.methods.models import DataSpec
 
-BASE_TRACED = ("optim.lr", "optim.disc_lr", "adv.weight", "model.mu")
+BASE_TRACED = ("optim.lr", "optim.disc_lr", "adv.weight", "adv.ramp_steps", "model.mu")
 RUN_LENGTH = "train.steps"
 STEP_METRICS = ("loss_emb", "loss_adv", "loss_disc", "lambda", "grad_norm_gen", "grad_norm_disc")
 

@@ -136,14 +136,16 @@ def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
 
 
 def adversarial_lambda(plan: RunPlan, h: dict, step: jax.Array) -> jax.Array:
-  """lam of `step`, from the hyperparameters `h` (`plan.values_in`): the adversary's weight and
-  the run's length, both traced, so another step cap reuses the compiled program."""
+  """lam of `step`, from the hyperparameters `h` (`plan.values_in`): the adversary's weight, its
+  ramp's length (`adv.ramp_steps`, 0: the run's length) and the run's length, all traced, so
+  another step cap or ramp reuses the compiled program."""
   if not plan.adversarial:
     return jnp.zeros((), jnp.float32)
   weight = h["adv.weight"]
   if plan.config.adv.schedule == "dann":
-    total = jnp.maximum(jnp.asarray(h["train.steps"], jnp.float32), 1.0)
-    return weight * losses.dann_lambda(step.astype(jnp.float32) / total)
+    ramp = jnp.asarray(h["adv.ramp_steps"], jnp.float32)
+    total = jnp.where(ramp > 0, ramp, jnp.asarray(h["train.steps"], jnp.float32))
+    return weight * losses.dann_lambda(step.astype(jnp.float32) / jnp.maximum(total, 1.0))
   return weight * jnp.ones((), jnp.float32)
 
 

@@ -189,10 +189,16 @@ def test_batch_indices_cover_each_epoch_once():
 
 def test_dann_schedule_and_disabled_adversary():
   plan = program_of(adv_config(schedule="dann", weight=2.0), spec_of()).plan
-  h = {"adv.weight": jnp.float32(2.0), "train.steps": jnp.float32(100)}
+  h = {"adv.weight": jnp.float32(2.0), "adv.ramp_steps": 0.0, "train.steps": jnp.float32(100)}
   lam0 = step_lib.adversarial_lambda(plan, h, jnp.asarray(0))
   lam_end = step_lib.adversarial_lambda(plan, h, jnp.asarray(100))
   assert float(lam0) == 0.0
   np.testing.assert_allclose(float(lam_end), 2.0 * (2 / (1 + np.exp(-10)) - 1), rtol=1e-6)
+  # A ramp of its own: the weight is reached at ramp_steps, whatever the step cap.
+  ramped = {**h, "adv.ramp_steps": jnp.float32(20), "train.steps": jnp.float32(10_000)}
+  at = lambda s: float(step_lib.adversarial_lambda(plan, ramped, jnp.asarray(s)))
+  np.testing.assert_allclose(at(6), 2.0 * (2 / (1 + np.exp(-3)) - 1), rtol=1e-6)
+  np.testing.assert_allclose(at(20), float(lam_end), rtol=1e-6)
+  assert at(500) == at(20)
   off = program_of(adv_config(enabled=False), spec_of()).plan
   assert float(step_lib.adversarial_lambda(off, h, jnp.asarray(50))) == 0.0
