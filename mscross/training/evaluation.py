@@ -39,6 +39,31 @@ def make_population_embed_fn(config, net: models.CrossModalNet) -> Callable:
   return jax.jit(jax.vmap(embed, in_axes=(0, None, 0)))
 
 
+def make_population_disc_accuracy_fn(
+  net: models.CrossModalNet, disc: models.ModalityDiscriminator
+) -> Callable:
+  """jitted (gen_params [P, ...], disc_params [P, ...], inputs) -> [P] correct counts: how many
+  of the K*N embeddings the discriminator assigns to the modality they came from. The game's
+  state: near K*N the encoders leave the modalities apart, near K*N/K the adversary has won."""
+
+  def correct(gen_params, disc_params, inputs):
+    emb = net.apply({"params": gen_params}, inputs)["emb"]  # [K, N, e]
+    predicted = jnp.argmax(disc.apply({"params": disc_params}, emb), axis=-1)  # [K, N]
+    return jnp.sum(predicted == jnp.arange(emb.shape[0])[:, None])
+
+  return jax.jit(jax.vmap(correct, in_axes=(0, 0, None)))
+
+
+def disc_accuracy(fn, gen_params, disc_params, split: data.Split) -> np.ndarray:
+  """[P] each member's discriminator's modality accuracy on a (transformed) split (chance:
+  1/K), in batches of EMBED_BATCH rows."""
+  total = 0
+  for start in range(0, len(split), EMBED_BATCH):
+    inputs = {m: jnp.asarray(x[start : start + EMBED_BATCH]) for m, x in split.features.items()}
+    total = total + np.asarray(fn(gen_params, disc_params, inputs), np.float64)
+  return total / (len(split) * len(split.modalities))
+
+
 def embed_split(embed_fn, gen_params, split: data.Split, mu) -> np.ndarray:
   """Embeddings [..., K, N, e] of a (transformed) split, in batches of EMBED_BATCH rows."""
   parts = []

@@ -29,6 +29,8 @@ class Program:
   step: Callable  # one member's step over the mesh axis (`step.make_step`)
   loop: loop.TrainLoop  # (state, data, num_steps) -> (state, mean metrics), the state donated
   embed: Callable  # (gen params [P, ...], inputs, mu [P]) -> ranked embeddings [P, K, N, e]
+  # (gen params [P, ...], disc params [P, ...], inputs) -> [P] modality-correct counts
+  disc_accuracy: Callable
 
   def init_state(self) -> step.TrainState:
     """The population's initial state: every member's seed and traced hyperparameters."""
@@ -71,4 +73,5 @@ def build(plan: RunPlan, num_examples: int, *, cache: bool = True) -> Program:
     program_key=plan.program_key if cache else None,
   )
   embed = evaluation.make_population_embed_fn(c, net)
-  return Program(plan, net, disc, txs, mesh, step_fn, train_loop, embed)
+  disc_accuracy = evaluation.make_population_disc_accuracy_fn(net, disc)
+  return Program(plan, net, disc, txs, mesh, step_fn, train_loop, embed, disc_accuracy)

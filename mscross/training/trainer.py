@@ -237,6 +237,16 @@ class _Run:
     for i, v in enumerate(val):
       if v is not None:
         records[i].update({f"val_{k}": x for k, x in v.items()})
+    if self.plan.adversarial:
+      # The game's state beside `lambda` and `loss_adv`: how well the discriminator still tells
+      # the modalities apart on validation embeddings (chance is 1/K).
+      params = loop.local_copy(state.params)
+      acc = evaluation.disc_accuracy(
+        self.program.disc_accuracy, params["gen"], params["disc"], self.splits["validation"]
+      )
+      for i, v in enumerate(val):
+        if v is not None:
+          records[i]["val_disc_acc"] = float(acc[i])
     live = [v[select] for v in val if v is not None]
     if live:
       bar.set_postfix(loss=f"{np.mean(m['loss_emb']):.3f}", **{f"val_{select}": f"{max(live):.4f}"})
