@@ -2,13 +2,19 @@
 
     python train.py                                                     # MNS-GAN on digits_halves
     python train.py --config configs/default.py:method=ms2gan,dataset=wikipedia
+    python train.py --config configs/default.py:method=mnsgan,dataset=wikipedia,text=wordllama
     python train.py --config configs/default.py:method=acmr,dataset=uci_mfeat/fou_kar_pix
     python train.py --config configs/default.py:method=mnsgan,dataset=wikipedia,labels=false
 
 Arguments (comma-separated key=value after the colon):
-  method    a name of the method registry, `mscross.methods.names()` (default mnsgan)
-  dataset   a dataset name, `mscross.data.available_datasets()` (default digits_halves)
-  labels    true (default) | false: instance-level retrieval, the class labels dropped
+  method      a name of the method registry, `mscross.methods.names()` (default mnsgan)
+  dataset     a dataset name, `mscross.data.available_datasets()` (default digits_halves)
+  labels      true (default) | false: instance-level retrieval, the class labels dropped
+  <modality>  an encoder (`mscross.encoders.names()`) for one of the dataset's raw modalities,
+              e.g. text=wordllama on wikipedia, image=efficientnet_lite0 on web_news
+
+Where the benchmark tuned the (method, dataset, encoders) it builds, the config carries the tuned
+values stored in mscross/presets/tuned/ (each file names the command that tuned it).
 
 A wrong method or dataset name is answered with the list of valid ones. Datasets other than
 digits_halves need a data directory: --config.data.data_dir or MSCROSS_DATA_DIR.
@@ -21,12 +27,20 @@ _KEYS = ("method", "dataset", "labels")
 
 def get_config(arg=None):
   args = {"method": "mnsgan", "dataset": "digits_halves", "labels": "true"}
+  encoders = {}
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
-    if not sep or key.strip() not in _KEYS:
-      raise ValueError(f"configs/default.py takes {', '.join(k + '=...' for k in _KEYS)}: {item!r}")
-    args[key.strip()] = value.strip()
+    key = key.strip()
+    if not sep or not key:
+      raise ValueError(
+        f"configs/default.py takes {', '.join(k + '=...' for k in _KEYS)} and "
+        f"<modality>=<encoder>: {item!r}"
+      )
+    if key in _KEYS:
+      args[key] = value.strip()
+    else:
+      encoders[key] = value.strip()
   labels = args["labels"].lower()
   if labels not in ("true", "false"):
     raise ValueError(f"labels must be true or false, got {args['labels']!r}")
-  return presets.build(args["method"], args["dataset"], labels=labels == "true")
+  return presets.build(args["method"], args["dataset"], labels=labels == "true", encoders=encoders)

@@ -153,6 +153,45 @@ def summary(
   return result
 
 
+GAME_KEYS = ("val_disc_acc", "lambda", "loss_adv")
+
+
+def read_history(workdir: str) -> list[dict]:
+  """The records of `history.jsonl` (empty when there is none); a line cut off by a crash
+  mid-write is left out."""
+  path = workdir_lib.path(workdir, workdir_lib.HISTORY)
+  if not os.path.exists(path):
+    return []
+  out = []
+  with open(path) as f:
+    for line in f:
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return out
+
+
+def game_state(workdir: str, member: int = 0, best_step: int | None = None) -> dict | None:
+  """The adversarial game at the member's last evaluation (and at `best_step`, when given):
+  `val_disc_acc` (the discriminator's modality accuracy on validation embeddings; chance is
+  1/K), `lambda` (the adversary's current weight) and `loss_adv` (the generator's adversarial
+  term). None when the run had no adversary."""
+  records = [
+    r
+    for r in read_history(workdir)
+    if r.get("member", 0) == member and "val_disc_acc" in r and "config_change" not in r
+  ]
+  if not records:
+    return None
+  pick = lambda r: {"step": r["step"], **{k: r.get(k) for k in GAME_KEYS}}
+  out = {"last": pick(records[-1])}
+  at_best = [r for r in records if r["step"] == best_step]
+  if at_best:
+    out["best"] = pick(at_best[-1])
+  return out
+
+
 def write_metrics(workdir: str, result: dict) -> None:
   atomic.write_json(workdir_lib.path(workdir, workdir_lib.METRICS), result)
 

@@ -70,9 +70,12 @@ def test_default_config_file_takes_method_dataset_and_labels():
   assert module.get_config().method == "mnsgan"
   c = module.get_config("method=ms2gan,dataset=uci_mfeat/fou_kar_pix,labels=false")
   assert (c.method, c.data.name, c.data.labels) == ("ms2gan", "uci_mfeat/fou_kar_pix", False)
-  for bad in ("method", "colour=red", "labels=maybe"):
+  for bad in ("method", "labels=maybe"):
     with pytest.raises(ValueError):
       module.get_config(bad)
+  # Other keys name encoders of the dataset's raw modalities; the embedded digits have none.
+  with pytest.raises(ConfigError, match="no raw modality 'colour'.*none"):
+    module.get_config("colour=red")
 
 
 def test_term_options_and_defaults_come_from_the_loss_signatures():

@@ -5,7 +5,7 @@ import json
 
 from conftest import trainer_config
 
-from mscross.training import trainer, workdir
+from mscross.training import runlog, trainer, workdir
 
 
 def _history(run) -> list[dict]:
@@ -30,7 +30,13 @@ def test_a_strong_adversary_keeps_the_discriminator_near_chance(tmp_path):
   assert abs(strong[-1] - 0.5) < 0.15 and strong[-1] < weak[-1] - 0.2
   records = _history(tmp_path / "strong")
   assert all(r["lambda"] > 0 and "loss_adv" in r for r in records if r["step"] >= 10)
+  # What the benchmark and the report read back: the last evaluation, and the selected one.
+  evals = [r for r in records if "val_disc_acc" in r]
+  state = runlog.game_state(str(tmp_path / "strong"), 0, best_step=evals[2]["step"])
+  assert state["last"] == {"step": evals[-1]["step"], **{k: evals[-1][k] for k in runlog.GAME_KEYS}}
+  assert state["best"]["val_disc_acc"] == strong[2]
 
 
 def test_no_discriminator_no_game_state(tmp_path):
   assert _disc_acc(tmp_path, "off", steps=20, **{"adv.enabled": False}) == []
+  assert runlog.game_state(str(tmp_path / "off")) is None
