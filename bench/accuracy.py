@@ -2,28 +2,37 @@
 and is scored on test with 5 seeds; the claims are put to a significance test.
 
     python bench/accuracy.py                                   # the whole benchmark
-    python bench/accuracy.py --datasets wikipedia uci_mfeat/kar_pix --trials 24
+    python bench/accuracy.py --datasets wikipedia:text=wordllama web_news --trials 24
     python bench/accuracy.py --no-train                        # tabulate what has finished
+    python bench/accuracy.py --no-train --readme               # and rewrite README's section
+
+A dataset is a name, with `:<modality>=<encoder>,...` for encoders other than its defaults
+(`wikipedia:text=wordllama`: Wikipedia's SIFT images with WordLlama text features).
 
 Protocol, per (method, dataset):
 1. Tuning: an Optuna study (`mscross.tuning`) of `--trials` trials over the method's search space
-   (`mscross/methods/registry.py`), maximising VALIDATION avg mAP@all; trials run `--population`
-   at a time in one program, are pruned by the median rule and stop by patience under a step cap.
-2. Final runs: the best trial's config trained with `--seeds` new seeds (one population), each
-   member stopping by patience under the same cap; the test split is scored once per member,
-   with its best-on-validation state.
+   (`mscross/methods/registry.py`: the adversary's weight and ramp among them), maximising
+   VALIDATION avg mAP@all; trials run `--population` at a time in one program, are pruned by the
+   median rule and stop by patience under a step cap. The best trial's values become the
+   shipped preset, `mscross/presets/tuned/<dataset variant>/<method>.json`, with the protocol's
+   training settings and this command.
+2. Final runs: the preset, exactly as `configs/default.py:method=...,dataset=...` builds it,
+   trained with `--seeds` new seeds (one population), each member stopping by patience under
+   the same cap; the test split is scored once per member, with its best-on-validation state.
+   The game's state is read from each member's history: the discriminator's modality accuracy
+   on validation embeddings at the last evaluation.
 3. Ablations of the tuned configs, with the same seeds: the discriminator off (the adversarial
    methods), MNS-GAN with one (hardest) negative, MS2GAN ranked on shared features alone (same
    checkpoints).
-4. Non-deep references on the same input transform and metric code: CCA (dimension chosen on
+4. The preset as a user first runs it: `python train.py --config configs/default.py:...`, seed 0,
+   scored against its row's mean and spread.
+5. Non-deep references on the same input transform and metric code: CCA (dimension chosen on
    validation) and semantic matching (per-modality logistic regression, C chosen on validation).
-5. Welch's t-tests over the seeds: MNS-GAN and MS2GAN against ACMR and DSCMR, each method
-   against its discriminator-off ablation, and one-sample tests against CCA and semantic matching.
+6. Welch's t-tests over the seeds (`bench/accuracy_report.py`).
 
-Everything is a workdir under --root; finished studies and runs are read back, not redone, so the
-benchmark can be completed over several sittings. Writes bench/results/accuracy.{md,json} with
-the commit (and whether the tree was clean), package versions, the CPU and, per row, the commands
-that reproduce it.
+Every finished cell is written into `--out`/accuracy.json at once, with the commit it ran at;
+a later sitting (on this machine or, from the committed file and presets, on another) reads
+those cells back and trains only what is missing. Studies and runs are workdirs under --root.
 """
 
 from __future__ import annotations
@@ -32,25 +41,31 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import sys
 import time
-from importlib import metadata
 
 import numpy as np
 
-from mscross import baselines, methods, presets, tuning
-from mscross import config as config_lib
-from mscross.retrieval import trained
-from mscross.training import input_pipeline, trainer
-from mscross.training import workdir as workdir_lib
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-DATASETS = ("wikipedia", "digits_halves", "uci_mfeat/fou_pix")
-# The comparisons the significance tests make: which methods are the claims and which the
-# published references is the benchmark's question, not something the method registry records.
-SEED_METHODS = ("mnsgan", "ms2gan")
-REFERENCE_METHODS = ("acmr", "dscmr")
+import accuracy_report  # noqa: E402
+import provenance as provenance_lib  # noqa: E402
+
+from mscross import baselines, dotted, methods, presets, tuning  # noqa: E402
+from mscross.presets import store  # noqa: E402
+from mscross.retrieval import trained  # noqa: E402
+from mscross.training import input_pipeline, runlog, trainer  # noqa: E402
+from mscross.training import workdir as workdir_lib  # noqa: E402
+
+# Wikipedia twice: its shallow features, and its texts through the text encoder that did best
+# there in bench/linear_probe.py and bench/deep_features.py (WordLlama).
+DATASETS = (
+  "wikipedia",
+  "wikipedia:text=wordllama",
+  "web_news",
+  "digits_halves",
+  "uci_mfeat/fou_pix",
+)
 FINAL_SEED = 1000  # final runs use seeds FINAL_SEED.. (tuning trained with seed 0)
 ABLATIONS = {
   "no-disc": (
@@ -62,104 +77,179 @@ ABLATIONS = {
     ("mnsgan",),
   ),
 }
+# What must match for a cell of an earlier sitting to be reused.
+PROTOCOL_KEYS = ("trials", "population", "seeds", "eval_every", "patience", "max_steps")
+# Raised when the protocol changes in a way its arguments do not show; 2: the adversary's ramp
+# is its own searched setting, presets are the tuned values, the game's state is recorded.
+PROTOCOL_VERSION = 2
 
 
-def protocol_config(method: str, dataset: str, args) -> object:
-  """The preset with the benchmark's shared training protocol: evaluation cadence, patience and
-  step cap are the same for every method."""
-  c = presets.build(method, dataset)
-  c.train.eval_every = args.eval_every
-  c.train.checkpoint_every = args.eval_every * 5
-  c.train.patience = args.patience
-  c.train.steps = args.max_steps
+def parse_dataset(spec: str) -> tuple[str, dict[str, str]]:
+  """`wikipedia:text=wordllama` -> ("wikipedia", {"text": "wordllama"})."""
+  name, _, rest = spec.partition(":")
+  encoders = {}
+  for item in filter(None, rest.split(",")):
+    modality, sep, encoder = item.partition("=")
+    if not sep:
+      raise SystemExit(f"--datasets: {spec!r}: expected name[:modality=encoder,...]")
+    encoders[modality] = encoder
+  return name, encoders
+
+
+def default_args(method: str, spec: str) -> str:
+  """The `configs/default.py:` argument that builds this row's preset."""
+  dataset, encoders = parse_dataset(spec)
+  return ",".join(
+    [f"method={method}", f"dataset={dataset}"] + [f"{k}={v}" for k, v in encoders.items()]
+  )
+
+
+def settings(args) -> dict:
+  """The training protocol every row shares; stored with each preset."""
+  return {
+    "train.eval_every": args.eval_every,
+    "train.checkpoint_every": args.eval_every * 5,
+    "train.patience": args.patience,
+    "train.steps": args.max_steps,
+  }
+
+
+def _data_dir(c, args):
   if args.data_dir:
     c.data.data_dir = args.data_dir
   return c
 
 
-def slug(dataset: str) -> str:
-  return dataset.replace("/", "_")
+def protocol_config(method: str, spec: str, args, *, use_tuned: bool):
+  dataset, encoders = parse_dataset(spec)
+  c = presets.build(method, dataset, encoders=encoders, use_tuned=use_tuned)
+  if not use_tuned:
+    for key, value in settings(args).items():
+      dotted.set_(c, key, value)
+  return _data_dir(c, args)
 
 
-def tune_cell(method, dataset, args, log) -> dict:
-  workdir = os.path.join(args.root, "tune", method, slug(dataset))
-  config = protocol_config(method, dataset, args)
+def slug(spec: str) -> str:
+  dataset, encoders = parse_dataset(spec)
+  return store.variant(dataset, encoders)
+
+
+def tune_command(method: str, spec: str, args) -> str:
+  return (
+    f"python bench/accuracy.py --datasets {spec} --methods {method} --trials {args.trials} "
+    f"--population {args.population} --eval-every {args.eval_every} --patience "
+    f"{args.patience} --max-steps {args.max_steps} --no-ablations"
+  )
+
+
+def tune_cell(method, spec, args, prov, log) -> dict:
+  workdir = os.path.join(args.root, "tune", method, slug(spec))
+  config = protocol_config(method, spec, args, use_tuned=False)
   started = time.perf_counter()
-  study = None
-  if args.train:
-    study = tuning.tune(
-      config,
-      workdir,
-      trials=args.trials,
-      population=args.population,
-      seed=0,
-      progress=lambda line: log(f"  {method}/{dataset} {line}"),
-    )
-  elif os.path.exists(os.path.join(workdir, tuning.STUDY_DB)):
-    study = tuning.load_study(workdir)
-  if study is None:
-    return {}
+  study = tuning.tune(
+    config,
+    workdir,
+    trials=args.trials,
+    population=args.population,
+    seed=0,
+    progress=lambda line: log(f"  {method}/{spec} {line}"),
+  )
   done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
   counts = {s: sum(t.state.name == s for t in done) for s in ("COMPLETE", "PRUNED", "FAIL")}
-  return {
-    "workdir": workdir,
+  if not counts["COMPLETE"]:
+    raise RuntimeError(f"{method}/{spec}: no trial of the study completed ({counts})")
+  dataset, encoders = parse_dataset(spec)
+  cell = {
     "trials": counts,
-    "finished": counts["COMPLETE"] + counts["PRUNED"],
-    "best_value": study.best_value if counts["COMPLETE"] else None,
-    "best_params": study.best_trial.params if counts["COMPLETE"] else None,
-    "seconds_this_sitting": round(time.perf_counter() - started, 1),
-    "command": (
-      f"python tune.py --config configs/default.py:method={method},dataset={dataset} "
-      f"--trials {args.trials} --population {args.population} --workdir {workdir} "
-      f"--config.train.eval_every={args.eval_every} --config.train.patience={args.patience} "
-      f"--config.train.steps={args.max_steps} --config.train.checkpoint_every="
-      f"{args.eval_every * 5}"
-    ),
+    "best_validation": study.best_value,
+    "command": tune_command(method, spec, args),
+    "seconds": round(time.perf_counter() - started, 1),
+    "commit": prov["commit"],
+    "tree_clean": prov["tree_clean"],
   }
+  tuned = store.Tuned(
+    method=method,
+    dataset=dataset,
+    encoders=presets.variant_encoders(dataset, encoders),
+    params=dict(study.best_trial.params),
+    settings=settings(args),
+    tuning=cell,
+  )
+  log(f"  {method}/{spec}: preset written to {store.write(tuned)}")
+  return {**cell, "params": tuned.params}
 
 
-def final_config(tune_dir: str, args, overrides: dict):
-  c = config_lib.load_config_file(os.path.join(tune_dir, tuning.BEST_CONFIG))
-  c.seed = FINAL_SEED
-  c.population.size = args.seeds
-  c.population.vary_seed = True
-  c.population.hparams = ""
+def final_config(method, spec, args, overrides: dict, *, seeds: int, seed: int):
+  c = protocol_config(method, spec, args, use_tuned=True)
+  c.seed = seed
+  c.population.size = seeds
   for key, value in overrides.items():
-    config_lib.set_dotted(c, key, value)
+    dotted.set_(c, key, value)
   return c
 
 
-def final_cell(name, tune_dir, dataset, args, overrides, log) -> dict:
-  workdir = os.path.join(args.root, "final", name.replace("/", "_"), slug(dataset))
-  path = workdir_lib.path(workdir, workdir_lib.METRICS)
-  if not os.path.exists(path):
-    if not args.train or not os.path.exists(os.path.join(tune_dir, tuning.BEST_CONFIG)):
-      return {}
-    log(f"  {name}/{dataset}: {args.seeds} seeds")
-    trainer.train_and_evaluate(final_config(tune_dir, args, overrides), workdir)
-  with open(path) as f:
-    result = json.load(f)
-  sets = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+def train_command(method, spec, overrides: dict, *, seeds: int, seed: int, workdir) -> str:
+  sets = "".join(f" --config.{k}={v}" for k, v in overrides.items())
+  population = f" --config.population.size={seeds}" if seeds > 1 else ""
+  seed_arg = f" --config.seed={seed}" if seed else ""
+  return (
+    f"python train.py --config configs/default.py:{default_args(method, spec)}{seed_arg}"
+    f"{population}{sets} --workdir {workdir}"
+  )
+
+
+def game(workdir: str, members: list[dict]) -> dict | None:
+  """Each member's game at its last evaluation and at its selected step."""
+  states = [runlog.game_state(workdir, m["member"], m["best_step"]) for m in members]
+  if not any(states):
+    return None
+  last = [s["last"]["val_disc_acc"] for s in states]
+  best = [s.get("best", {}).get("val_disc_acc", float("nan")) for s in states]
+  lam = [s["last"]["lambda"] for s in states]
   return {
-    "workdir": workdir,
-    "members": result["members"],
-    "train_seconds": result["train_seconds"],
-    "command": (
-      f"python train.py --config {tune_dir}/best_config.json --config.seed={FINAL_SEED} "
-      f"--config.population.size={args.seeds} {sets} --workdir {workdir}".replace("  ", " ")
-    ),
+    "val_disc_acc_last": [float(np.mean(last)), float(np.std(last, ddof=1))],
+    "val_disc_acc_best": [float(np.nanmean(best)), float(np.nanstd(best, ddof=1))],
+    "lambda_last": float(np.mean(lam)),
+    "members": states,
   }
 
 
-def shared_only(cell: dict) -> list[float]:
+def run_cell(name, method, spec, args, overrides, *, prov, log, seeds, seed) -> dict:
+  workdir = os.path.join(args.root, "final", name.replace("/", "_"), slug(spec))
+  if seed == 0:
+    workdir = os.path.join(args.root, "preset_seed0", method, slug(spec))
+  path = workdir_lib.path(workdir, workdir_lib.METRICS)
+  started = time.perf_counter()
+  if not os.path.exists(path):
+    log(f"  {name}/{spec}: {seeds} seed(s) from {seed}")
+    c = final_config(method, spec, args, overrides, seeds=seeds, seed=seed)
+    trainer.train_and_evaluate(c, workdir)
+  with open(path) as f:
+    result = json.load(f)
+  cell = {
+    **summarise_members(result["members"]),
+    "train_seconds": result["train_seconds"],
+    "seconds": round(time.perf_counter() - started, 1),
+    "game": game(workdir, result["members"]),
+    "command": train_command(method, spec, overrides, seeds=seeds, seed=seed, workdir=workdir),
+    "commit": prov["commit"],
+    "tree_clean": prov["tree_clean"],
+  }
+  if method == "ms2gan" and not overrides and seed:
+    cell["shared_only"] = shared_only(workdir)
+  return cell
+
+
+def shared_only(workdir: str) -> list[float]:
   """Test avg mAP of MS2GAN's final checkpoints ranked on shared features alone."""
-  wd = trained.Workdir(cell["workdir"], retrieval="common")
+  wd = trained.Workdir(workdir, retrieval="common")
   test = wd.split("test")
   return [wd.member(m).metrics(test)["avg_map"] for m in range(wd.size)]
 
 
-def baseline_cells(dataset, args) -> dict:
-  config = protocol_config("acmr", dataset, args)
+def baseline_cell(spec, args, prov) -> dict:
+  started = time.perf_counter()
+  config = protocol_config("acmr", spec, args, use_tuned=False)
   raw = input_pipeline.load_raw(config)
   norm = input_pipeline.fit_normalizer(config, raw["train"])
   splits = {k: norm(v, k) for k, v in raw.items()}
@@ -168,28 +258,9 @@ def baseline_cells(dataset, args) -> dict:
     r = fn(splits)
     out[name] = {"chosen": r["chosen"], "val": r["val"]["avg_map"], "test": r["test"]["avg_map"]}
     out[name].update({k: r["test"][k] for k in ("i2t_map", "t2i_map")})
+  out["seconds"] = round(time.perf_counter() - started, 1)
+  out["commit"], out["tree_clean"] = prov["commit"], prov["tree_clean"]
   return out
-
-
-def welch(a, b) -> dict:
-  from scipy import stats
-
-  t, p = stats.ttest_ind(a, b, equal_var=False)
-  return {"diff": float(np.mean(a) - np.mean(b)), "t": float(t), "p": float(p)}
-
-
-def paired(a, b) -> dict:
-  from scipy import stats
-
-  t, p = stats.ttest_rel(a, b)
-  return {"diff": float(np.mean(a) - np.mean(b)), "t": float(t), "p": float(p)}
-
-
-def one_sample(a, value) -> dict:
-  from scipy import stats
-
-  t, p = stats.ttest_1samp(a, value)
-  return {"diff": float(np.mean(a) - value), "t": float(t), "p": float(p)}
 
 
 def summarise_members(members) -> dict:
@@ -197,160 +268,81 @@ def summarise_members(members) -> dict:
   out = {"seeds": len(members), "test": test}
   for key in ("avg_map", "i2t_map", "t2i_map"):
     values = [m["test"][key] for m in members]
-    out[f"test_{key}"] = [float(np.mean(values)), float(np.std(values, ddof=1))]
+    out[f"test_{key}"] = [
+      float(np.mean(values)),
+      float(np.std(values, ddof=1) if len(values) > 1 else 0.0),
+    ]
   val = [m["val"]["avg_map"] for m in members]
-  out["val_avg_map"] = [float(np.mean(val)), float(np.std(val, ddof=1))]
+  out["val_avg_map"] = [float(np.mean(val)), float(np.std(val, ddof=1) if len(val) > 1 else 0.0)]
   out["patience_stops"] = sum(m["stopped"] == "patience" for m in members)
   out["best_steps"] = [m["best_step"] for m in members]
   return out
 
 
-def provenance(argv) -> dict:
-  def git(*a):
-    return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+class Results:
+  """accuracy.json, read at the start and rewritten after every finished cell."""
 
-  versions = {}
-  for pkg in ("jax", "jaxlib", "flax", "optax", "optuna", "numpy", "scikit-learn", "scipy"):
-    try:
-      versions[pkg] = metadata.version(pkg)
-    except metadata.PackageNotFoundError:
-      pass
-  cpu = platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {
-    "commit": git("rev-parse", "HEAD"),
-    "tree_clean": git("status", "--porcelain", "--untracked-files=no") == "",
-    "versions": versions,
-    "python": sys.version.split()[0],
-    "cpu": cpu,
-    "cores": os.cpu_count(),
-    "command": "python bench/accuracy.py " + " ".join(argv),
-  }
+  def __init__(self, path: str, args, prov):
+    self.path, self.args = path, args
+    protocol = {"version": PROTOCOL_VERSION, **{k: getattr(args, k) for k in PROTOCOL_KEYS}}
+    self.data = {"protocol": protocol, "datasets": {}}
+    if os.path.exists(path):
+      with open(path) as f:
+        old = json.load(f)
+      if old.get("protocol") == protocol:
+        self.data = old
+    self.data["provenance"] = prov
+
+  def get(self, spec, part, name):
+    return self.data["datasets"].get(spec, {}).get(part, {}).get(name)
+
+  def put(self, spec, part, name, cell) -> None:
+    d = self.data["datasets"].setdefault(spec, {})
+    d.setdefault(part, {})[name] = cell
+    self.save()
+
+  def save(self) -> None:
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(self.data, f, indent=1)
+    os.replace(tmp, self.path)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def run(args, results: Results, prov, log) -> None:
+  def cell(spec, part, name, make, *a, **kw):
+    if results.get(spec, part, name) is None and args.train:
+      results.put(spec, part, name, make(*a, **kw))
+    return results.get(spec, part, name)
 
-
-def run(args, argv, log) -> dict:
-  results = {"provenance": provenance(argv), "protocol": vars(args), "datasets": {}}
-  started = time.perf_counter()
-  for dataset in args.datasets:
-    log(f"{dataset}")
-    cells = {"tuning": {}, "final": {}, "ablations": {}}
+  for spec in args.datasets:
+    log(spec)
+    dataset, encoders = parse_dataset(spec)
     for method in args.methods:
-      cells["tuning"][method] = tune = tune_cell(method, dataset, args, log)
-      if not tune:
+      if cell(spec, "tuning", method, tune_cell, method, spec, args, prov, log) is None:
         continue
-      final = final_cell(method, tune["workdir"], dataset, args, {}, log)
-      if final:
-        cells["final"][method] = {**final, **summarise_members(final["members"])}
-      for name, (overrides, which) in ABLATIONS.items():
-        if method in which and args.ablations:
-          cell = final_cell(f"{method}/{name}", tune["workdir"], dataset, args, overrides, log)
-          if cell:
-            cells["ablations"][f"{method}/{name}"] = {**cell, **summarise_members(cell["members"])}
-      if method == "ms2gan" and final and args.ablations:
-        values = shared_only(final)
-        cells["ablations"]["ms2gan/shared-only"] = {
-          "test": values,
-          "test_avg_map": [float(np.mean(values)), float(np.std(values, ddof=1))],
-          "command": (
-            "mscross.retrieval.trained.Workdir(<ms2gan final workdir>, retrieval='common')"
-          ),
-        }
-    cells["baselines"] = baseline_cells(dataset, args)
-    cells["tests"] = significance(cells)
-    results["datasets"][dataset] = cells
-  results["seconds_this_sitting"] = round(time.perf_counter() - started, 1)
-  return results
-
-
-def significance(cells) -> dict:
-  final, out = cells["final"], {}
-  for a in SEED_METHODS:
-    for b in REFERENCE_METHODS:
-      if a in final and b in final:
-        out[f"{a} vs {b}"] = welch(final[a]["test"], final[b]["test"])
-    for base in ("cca", "sm"):
-      if a in final:
-        out[f"{a} vs {base}"] = one_sample(final[a]["test"], cells["baselines"][base]["test"])
-  for name, cell in cells["ablations"].items():
-    method = name.split("/")[0]
-    if method not in final:
-      continue
-    if "members" in cell:
-      out[f"{method} vs {name}"] = welch(final[method]["test"], cell["test"])
-    else:  # the same checkpoints ranked another way: a paired test
-      out[f"{method} vs {name} (paired)"] = paired(final[method]["test"], cell["test"])
-  return out
-
-
-def _pm(pair) -> str:
-  return f"{pair[0]:.4f} ± {pair[1]:.4f}"
-
-
-def markdown(results: dict) -> str:
-  p = results["provenance"]
-  lines = [
-    "# Accuracy benchmark",
-    "",
-    f"Commit `{p['commit'][:12]}` ({'clean tree' if p['tree_clean'] else 'UNCOMMITTED changes'}),"
-    f" {p['cpu']}, {p['cores']} cores, Python {p['python']}, "
-    + ", ".join(f"{k} {v}" for k, v in p["versions"].items())
-    + f". Command: `{p['command']}`.",
-    "",
-    "Test mAP@all (cosine ranking of the whole test split, mean ± std over the seeds), each "
-    "member's state chosen on validation. Every method had the same number of tuning trials; "
-    "'patience' counts the final runs that stopped by patience rather than by the step cap.",
-  ]
-  for dataset, cells in results["datasets"].items():
-    lines += ["", f"## {dataset}", ""]
-    lines += [
-      "| method | trials | image→text | text→image | average | val average | patience "
-      "| best steps |",
-      "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for method, cell in cells["final"].items():
-      t = cells["tuning"][method]["trials"]
-      lines.append(
-        f"| {method} | {t['COMPLETE']}+{t['PRUNED']} pruned | {_pm(cell['test_i2t_map'])} | "
-        f"{_pm(cell['test_t2i_map'])} | **{_pm(cell['test_avg_map'])}** | "
-        f"{_pm(cell['val_avg_map'])} | {cell['patience_stops']}/{cell['seeds']} | "
-        f"{', '.join(map(str, cell['best_steps']))} |"
-      )
-    for name, cell in cells["ablations"].items():
-      row = f"| {name} | (tuned) | "
-      if "test_i2t_map" in cell:
-        row += f"{_pm(cell['test_i2t_map'])} | {_pm(cell['test_t2i_map'])} | "
-        row += f"{_pm(cell['test_avg_map'])} | {_pm(cell['val_avg_map'])} | "
-        row += f"{cell['patience_stops']}/{cell['seeds']} | "
-        row += f"{', '.join(map(str, cell['best_steps']))} |"
-      else:
-        row += f"– | – | {_pm(cell['test_avg_map'])} | – | – | – |"
-      lines.append(row)
-    for name, b in cells["baselines"].items():
-      chosen = ", ".join(f"{k} {v}" for k, v in b["chosen"].items())
-      lines.append(
-        f"| {name.upper()} ({chosen}) | grid on val | {b['i2t_map']:.4f} | {b['t2i_map']:.4f} | "
-        f"{b['test']:.4f} | {b['val']:.4f} | – | – |"
-      )
-    lines += ["", "| comparison (test avg mAP) | difference | t | p |", "| --- | --- | --- | --- |"]
-    for name, s in cells["tests"].items():
-      lines.append(f"| {name} | {s['diff']:+.4f} | {s['t']:.2f} | {s['p']:.2g} |")
-    lines += ["", "Commands:", ""]
-    for method, cell in cells["final"].items():
-      lines.append(f"- {method}: `{cells['tuning'][method]['command']}`; then `{cell['command']}`")
-  return "\n".join(lines) + "\n"
+      if presets.tuned(method, dataset, encoders) is None:
+        raise SystemExit(
+          f"{method}/{spec} was tuned (accuracy.json) but its preset file is missing: "
+          f"{store.path(method, dataset, presets.variant_encoders(dataset, encoders))}"
+        )
+      final = dict(prov=prov, log=log, seeds=args.seeds, seed=FINAL_SEED)
+      cell(spec, "final", method, run_cell, method, method, spec, args, {}, **final)
+      if args.ablations:
+        for name, (overrides, which) in ABLATIONS.items():
+          if method in which:
+            full = f"{method}/{name}"
+            cell(spec, "ablations", full, run_cell, full, method, spec, args, overrides, **final)
+      if args.preset_check:
+        first = dict(prov=prov, log=log, seeds=1, seed=0)
+        cell(spec, "preset_seed0", method, run_cell, method, method, spec, args, {}, **first)
+    cell(spec, "baselines", "references", baseline_cell, spec, args, prov)
 
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--methods", nargs="+", default=methods.names(), choices=methods.names())
-  p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="any dataset names")
+  p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="name[:modality=encoder]")
   p.add_argument("--trials", type=int, default=24)
   p.add_argument("--population", type=int, default=4, help="trials per program")
   p.add_argument("--seeds", type=int, default=5)
@@ -358,6 +350,7 @@ def main(argv=None) -> int:
   p.add_argument("--patience", type=int, default=10, help="evaluations without improvement")
   p.add_argument("--max-steps", type=int, default=10000, help="the step cap")
   p.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
+  p.add_argument("--preset-check", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--root", default="runs/bench_accuracy", help="where the workdirs go")
   p.add_argument("--data-dir", default=None, help="data directory (else MSCROSS_DATA_DIR)")
   p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -365,10 +358,13 @@ def main(argv=None) -> int:
     "--train",
     action=argparse.BooleanOptionalAction,
     default=True,
-    help="--no-train tabulates what already finished under --root and trains nothing",
+    help="--no-train tabulates the cells already in --out/accuracy.json and trains nothing",
   )
+  p.add_argument("--readme", action="store_true", help="rewrite README's accuracy section")
   argv = sys.argv[1:] if argv is None else argv
   args = p.parse_args(argv)
+  for spec in args.datasets:
+    parse_dataset(spec)
   logging.getLogger("absl").setLevel(logging.ERROR)
   from mscross import cli
 
@@ -378,14 +374,16 @@ def main(argv=None) -> int:
   def log(line):
     print(f"[{time.perf_counter() - stamp:7.0f}s] {line}", flush=True)
 
-  results = run(args, argv, log)
-  os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "accuracy.json"), "w") as f:
-    json.dump(results, f, indent=1)
-  text = markdown(results)
+  prov = provenance_lib.provenance("bench/accuracy.py", argv)
+  results = Results(os.path.join(args.out, "accuracy.json"), args, prov)
+  run(args, results, prov, log)
+  results.save()
+  text = accuracy_report.markdown(results.data, args.datasets)
   with open(os.path.join(args.out, "accuracy.md"), "w") as f:
     f.write(text)
   print(text)
+  if args.readme:
+    accuracy_report.update_readme(os.path.join(provenance_lib.ROOT, "README.md"), results.data)
   return 0
 
 
