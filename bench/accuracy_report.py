@@ -218,7 +218,7 @@ def dataset_table(cells: dict, *, full: bool) -> list[str]:
   if "shared_only" in ms2:
     v = ms2["shared_only"]
     pair = [float(np.mean(v)), float(np.std(v, ddof=1))]
-    blanks = ["–"] * (8 if full else 4)
+    blanks = ["–"] * (6 if full else 4)
     pre = ["MS2GAN shared-only", "(same checkpoints)", "–", "–"] if full else ["MS2GAN shared-only"]
     lines.append("| " + " | ".join([*pre, f"{_pm(pair)}", *blanks]) + " |")
   refs = cells.get("baselines", {}).get("references")
@@ -238,8 +238,8 @@ def dataset_table(cells: dict, *, full: bool) -> list[str]:
 
 def preset_check(cells: dict) -> list[str]:
   lines = [
-    "| preset (seed 0, `configs/default.py`) | seed 0 test avg | row (5 seeds) | z "
-    "| within 3 std |",
+    "| preset (seed 0, `configs/default.py`) | seed 0 test avg | row (mean ± std over its seeds) "
+    "| z | within 3 std |",
     "| --- | --- | --- | --- | --- |",
   ]
   for method, check in cells.get("preset_seed0", {}).items():
@@ -332,8 +332,9 @@ def readme_section(data: dict) -> str:
     README_BEGIN,
     "",
     f"Cells ran at {', '.join(commits(data))}; {wall_time(data) / 3600:.1f} h of tuning and "
-    "training in all. Each row's command reproduces it from the shipped preset; its seeds are "
-    "1000-1004 (`--config.seed=1000 --config.population.size=5`).",
+    "training in all. Each row's command reproduces it from the shipped preset, with its seeds "
+    "(`--config.seed` onward, one per member of the population); `bench/results/accuracy.md` "
+    "has the ablations, the p-values, the seed-0 preset check and the tuning commands.",
   ]
   for spec, cells in data["datasets"].items():
     if not cells.get("final"):
@@ -342,9 +343,18 @@ def readme_section(data: dict) -> str:
     lines += ["", *published(spec)] if published(spec) else []
     lines += ["", "Commands:", ""]
     for method, cell in cells["final"].items():
-      lines.append(f"- {title(method)}: `{cell['command']}`")
+      lines.append(f"- {title(method)}: `{portable(cell['command'])}`")
   lines += ["", README_END]
   return "\n".join(lines)
+
+
+def portable(command: str) -> str:
+  """A recorded command with its workdir under `runs/`, whatever root the benchmark used."""
+  head, sep, workdir = command.rpartition(" --workdir ")
+  if not sep:
+    return command
+  parts = workdir.rstrip("/").split("/")
+  return f"{head} --workdir runs/{'_'.join(parts[-2:])}"
 
 
 def update_readme(path: str, data: dict) -> None:
