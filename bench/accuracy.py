@@ -383,7 +383,8 @@ def main(argv=None) -> int:
     f.write(text)
   print(text)
   if args.readme:
-    accuracy_report.update_readme(os.path.join(provenance_lib.ROOT, "README.md"), results.data)
+    readme = os.path.join(provenance_lib.ROOT, "README.md")
+    accuracy_report.update_readme(readme, results.data, args.datasets)
   return 0
 
 

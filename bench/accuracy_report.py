@@ -327,7 +327,7 @@ def markdown(data: dict, specs=None) -> str:
   return "\n".join(lines) + "\n"
 
 
-def readme_section(data: dict) -> str:
+def readme_section(data: dict, specs=None) -> str:
   lines = [
     README_BEGIN,
     "",
@@ -344,6 +344,9 @@ def readme_section(data: dict) -> str:
     lines += ["", "Commands:", ""]
     for method, cell in cells["final"].items():
       lines.append(f"- {title(method)}: `{portable(cell['command'])}`")
+  missing = [s for s in specs or () if not data["datasets"].get(s, {}).get("final")]
+  if missing:
+    lines += ["", "Not run yet: " + ", ".join(f"`{s}`" for s in missing) + "."]
   lines += ["", README_END]
   return "\n".join(lines)
 
@@ -357,12 +360,12 @@ def portable(command: str) -> str:
   return f"{head} --workdir runs/{'_'.join(parts[-2:])}"
 
 
-def update_readme(path: str, data: dict) -> None:
+def update_readme(path: str, data: dict, specs=None) -> None:
   with open(path) as f:
     text = f.read()
   start, end = text.find(README_BEGIN), text.find(README_END)
   if start < 0 or end < start:
     raise SystemExit(f"{path} has no generated accuracy section (its markers are missing)")
-  text = text[:start] + readme_section(data) + text[end + len(README_END) :]
+  text = text[:start] + readme_section(data, specs) + text[end + len(README_END) :]
   with open(path, "w") as f:
     f.write(text)

@@ -145,8 +145,9 @@ def test_readme_section_between_its_markers(report, tmp_path):
   readme = tmp_path / "README.md"
   readme.write_text(f"before\n{report.README_BEGIN}\nold\n{report.README_END}\nafter\n")
   data = {"datasets": {"wikipedia": _cells()}}
-  report.update_readme(str(readme), data)
+  report.update_readme(str(readme), data, ["wikipedia", "web_news"])
   text = readme.read_text()
+  assert "Not run yet: `web_news`." in text
   assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
   assert "#### wikipedia" in text and "Published context, not run here" in text
   assert "--workdir runs/m_d`" in text

@@ -281,6 +281,8 @@ def _markdown_page(report: dict) -> str:
   out += ["| direction | queries | " + " | ".join(_md_cell(m) for m in metric_names) + " |"]
   out += ["|---|---:|" + "---:|" * len(metric_names)]
   out += [f"| {_md_cell(n)} | {q} | {' | '.join(v)} |" for n, q, v in _summary_rows(report)]
+  if report.get("game"):
+    out += ["", "## Adversarial game", "", _game_text(report["game"])]
   if labelled:
     out += ["", "## Curves", "", "![precision-recall](pr_curve.png)", ""]
     out += ["![precision@K](precision_at_k.png)", "", "## Per-class AP", ""]
@@ -327,6 +329,33 @@ code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
 
+def _game(game, num_modalities: int) -> dict | None:
+  if not game:
+    return None
+  return {"chance": 1.0 / num_modalities, **{k: dict(v) for k, v in game.items()}}
+
+
+def _game_text(game: dict) -> str:
+  """One paragraph: the discriminator's accuracy against chance, where the game stood."""
+
+  def at(state: dict) -> str:
+    acc, lam = state.get("val_disc_acc"), state.get("lambda")
+    weight = f", adversary weight {lam:.3g}" if lam is not None else ""
+    return f"{acc:.3f} at step {state['step']}{weight}"
+
+  parts = []
+  if "best" in game:
+    parts.append(f"{at(game['best'])} (the reported checkpoint)")
+  if "last" in game:
+    parts.append(f"{at(game['last'])} (the last evaluation)")
+  return (
+    "The discriminator's modality accuracy on validation embeddings: "
+    + "; ".join(parts)
+    + f". Chance is {game['chance']:.3f}: near it the encoders leave the discriminator nothing "
+    "to tell the modalities apart by; near 1 the modalities stay apart in the common space."
+  )
+
+
 def _row(cells: list[str], *, cls: str | None = None) -> str:
   """One table row of already escaped cells; numbers are right-aligned by their "num" class."""
   attr = f' class="{cls}"' if cls else ""
@@ -361,6 +390,8 @@ def _html_page(report: dict) -> str:
   for name, queries, values in _summary_rows(report):
     out.append(_row([_td(e(name)), _td(queries, "num"), *(_td(v, "num") for v in values)]))
   out.append("</table></div>")
+  if report.get("game"):
+    out += ["<h2>Adversarial game</h2>", f"<p>{e(_game_text(report['game']))}</p>"]
   if labelled:
     out += [
       "<h2>Curves</h2>",
@@ -513,6 +544,7 @@ def write_report(
   num_queries: int = 5,
   block_size: int | None = None,
   raw_items: Mapping[str, Mapping[str, object]] | None = None,
+  game: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
   """Writes the report of one split's retrieval embeddings (module docstring) into `out_dir`.
 
@@ -533,6 +565,9 @@ def write_report(
     raw_items: pair id -> modality -> raw item (an image or text file, or an inline text), as
       `mscross.data.raw_items` gives them: the pages show each shown query's and result's image
       as a thumbnail (written to thumbs/) or its text's opening words. None or empty: ids only.
+    game: the adversarial game of the run, as `mscross.training.runlog.game_state` gives it:
+      {"last": {step, val_disc_acc, lambda, loss_adv}, "best": {...}} at the run's last
+      evaluation and at the reported step; shown in a section of its own. None: no adversary.
 
   Returns:
     `out_dir`, holding report.json, index.html and index.md, for a labelled split also
@@ -565,6 +600,7 @@ def write_report(
     "labelled": labelled,
     "directions": directions,
     "metrics": dict(summary),
+    "game": _game(game, len(split.modalities)),
   }
   parts = {}
   class_names = ()

@@ -24,7 +24,7 @@ from mscross import data
 from mscross.errors import CheckpointError, ConfigError, DataError
 from mscross.methods import models
 from mscross.retrieval import index as index_lib
-from mscross.training import checkpoints, evaluation, input_pipeline
+from mscross.training import checkpoints, evaluation, input_pipeline, runlog
 from mscross.training import plan as plan_lib
 from mscross.training import step as step_lib
 from mscross.training import workdir as workdir_lib
@@ -223,6 +223,7 @@ def evaluate_workdir(
       summary={k: v for k, v in results[0].items() if k not in (*header, "member", "step")},
       block_size=int(wd.config.eval.block_size) or None,
       raw_items=_raw_items(wd.config, notes),
+      game=runlog.game_state(path, model.member, model.step),
     )
     notes.append(f"report: {out}")
   if topk:

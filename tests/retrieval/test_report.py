@@ -300,3 +300,22 @@ def test_bad_arguments_are_rejected(tmp_path):
   with pytest.raises(DataError, match="no results for the directions"):
     report.write_report(str(tmp_path), **{**kw, "summary": other})
   assert os.listdir(tmp_path) == []
+
+
+def test_the_game_is_shown_only_when_given(tmp_path):
+  split, emb = make_split(5, 20, ("image", "text"))
+  summary = metrics.retrieval_metrics(emb, split.label)
+  kw = {"title": "t", "split": split, "embeddings": emb, "summary": summary}
+  game = {
+    "last": {"step": 900, "val_disc_acc": 0.8125, "lambda": 0.25, "loss_adv": 0.6},
+    "best": {"step": 400, "val_disc_acc": 0.53125, "lambda": 0.1, "loss_adv": 0.7},
+  }
+  out = Path(report.write_report(str(tmp_path / "game"), **kw, game=game))
+  saved = json.loads((out / "report.json").read_text())["game"]
+  assert saved == {"chance": 0.5, **game}
+  md = (out / "index.md").read_text()
+  assert "## Adversarial game" in md and "0.531 at step 400" in md and "0.812 at step 900" in md
+  assert "Adversarial game</h2>" in (out / "index.html").read_text()
+  out = Path(report.write_report(str(tmp_path / "none"), **kw))
+  assert json.loads((out / "report.json").read_text())["game"] is None
+  assert "Adversarial game" not in (out / "index.md").read_text()

@@ -1,5 +1,6 @@
 """mscross.load on a finished run: quiet when all is well, a clear error when it is not."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from conftest import REPO
 
 import mscross
 from mscross.errors import CheckpointError
+from mscross.retrieval import trained
 from mscross.training import workdir as workdir_lib
 
 
@@ -44,3 +46,20 @@ def test_members_and_their_best_steps(trained_run):
   assert model.step == result["members"][0]["best_step"] and model.modalities == ("left", "right")
   with pytest.raises(CheckpointError, match="member 1 does not exist"):
     mscross.load(workdir, member=1)
+
+
+def test_the_eval_report_shows_the_game_at_the_reported_step(trained_run, tmp_path):
+  workdir, _ = trained_run
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  trained.evaluate_workdir(str(copy), split="validation", report=True)
+  with open(copy / "report_validation" / "report.json") as f:
+    game = json.load(f)["game"]
+  with open(copy / workdir_lib.HISTORY) as f:
+    evals = [r for r in map(json.loads, f) if "val_disc_acc" in r]
+  best = mscross.load(str(copy)).step
+  assert game["chance"] == 0.5 and game["last"]["step"] == evals[-1]["step"]
+  assert game["best"] == {
+    "step": best,
+    **{k: r[k] for r in evals if r["step"] == best for k in ("val_disc_acc", "lambda", "loss_adv")},
+  }
