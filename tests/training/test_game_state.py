@@ -1,42 +1,71 @@
 """The adversarial game's state in the history: the discriminator's modality accuracy on the
-validation embeddings at every evaluation, beside the step metrics `lambda` and `loss_adv`."""
+validation embeddings at every evaluation, beside the step metrics `lambda` and `loss_adv`; and
+what the adversary does to the embeddings. The two halves of a digit are told apart easily, so
+a discriminator left alone learns to separate them."""
 
 import json
 
+import numpy as np
+import pytest
 from conftest import trainer_config
 
+from mscross.retrieval import trained
 from mscross.training import runlog, trainer, workdir
 
-
-def _history(run) -> list[dict]:
-  with open(run / workdir.HISTORY) as f:
-    return [json.loads(line) for line in f]
-
-
-def _disc_acc(tmp_path, name: str, steps: int = 80, **overrides) -> list[float]:
-  c = trainer_config("acmr", steps=steps, overrides=overrides)
-  trainer.train_and_evaluate(c, str(tmp_path / name))
-  return [r["val_disc_acc"] for r in _history(tmp_path / name) if "val_disc_acc" in r]
+# A ramp of 10 steps: the adversary acts within these short runs whatever their step cap.
+RUNS = {
+  "weak": {"adv.weight": 0.001, "adv.ramp_steps": 10.0},
+  "strong": {"adv.weight": 3.0, "adv.ramp_steps": 10.0},
+  # The discriminator trains, but its weight in the encoders' loss is 0.
+  "silent": {"adv.weight": 0.0, "adv.ramp_steps": 10.0},
+  "off": {"adv.enabled": False},
+}
 
 
-def test_a_strong_adversary_keeps_the_discriminator_near_chance(tmp_path):
-  # A ramp of 10 steps: the adversary acts within this short run whatever its step cap.
-  weak = _disc_acc(tmp_path, "weak", **{"adv.weight": 0.001, "adv.ramp_steps": 10.0})
-  strong = _disc_acc(tmp_path, "strong", **{"adv.weight": 3.0, "adv.ramp_steps": 10.0})
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """name -> (workdir, history records, validation embeddings of the best state)."""
+  out = {}
+  for name, overrides in RUNS.items():
+    path = tmp_path_factory.mktemp(name)
+    trainer.train_and_evaluate(trainer_config("acmr", steps=80, overrides=overrides), str(path))
+    with open(path / workdir.HISTORY) as f:
+      history = [json.loads(line) for line in f]
+    wd = trained.Workdir(str(path))
+    out[name] = (str(path), history, wd.member(0).embed(wd.split("validation")))
+  return out
+
+
+def _disc_acc(history) -> list[float]:
+  return [r["val_disc_acc"] for r in history if "val_disc_acc" in r]
+
+
+def test_a_strong_adversary_keeps_the_discriminator_near_chance(runs):
+  weak, strong = _disc_acc(runs["weak"][1]), _disc_acc(runs["strong"][1])
   assert len(weak) == len(strong) == 8 and all(0.0 <= a <= 1.0 for a in weak + strong)
   # Left alone, the discriminator learns to tell the two modalities apart; against a strong
   # adversary it stays near chance (1/2).
   assert weak[-1] > 0.65 and weak[-1] > weak[0]
   assert abs(strong[-1] - 0.5) < 0.15 and strong[-1] < weak[-1] - 0.2
-  records = _history(tmp_path / "strong")
+  path, records, _ = runs["strong"]
   assert all(r["lambda"] > 0 and "loss_adv" in r for r in records if r["step"] >= 10)
   # What the benchmark and the report read back: the last evaluation, and the selected one.
   evals = [r for r in records if "val_disc_acc" in r]
-  state = runlog.game_state(str(tmp_path / "strong"), 0, best_step=evals[2]["step"])
-  assert state["last"] == {"step": evals[-1]["step"], **{k: evals[-1][k] for k in runlog.GAME_KEYS}}
+  state = runlog.game_state(path, 0, best_step=evals[2]["step"])
+  last = evals[-1]
+  assert state["last"] == {"step": last["step"], **{k: last[k] for k in runlog.GAME_KEYS}}
   assert state["best"]["val_disc_acc"] == strong[2]
 
 
-def test_no_discriminator_no_game_state(tmp_path):
-  assert _disc_acc(tmp_path, "off", steps=20, **{"adv.enabled": False}) == []
-  assert runlog.game_state(str(tmp_path / "off")) is None
+def test_the_adversary_moves_the_embeddings_and_nothing_else_does(runs):
+  off, silent, strong = (runs[n][2] for n in ("off", "silent", "strong"))
+  for modality in off:
+    # A discriminator whose weight is 0 leaves the encoders exactly where no discriminator does.
+    np.testing.assert_allclose(silent[modality], off[modality], rtol=1e-5, atol=1e-6)
+    # A strong one moves them.
+    assert np.abs(strong[modality] - off[modality]).mean() > 0.02
+
+
+def test_no_discriminator_no_game_state(runs):
+  path, history, _ = runs["off"]
+  assert _disc_acc(history) == [] and runlog.game_state(path) is None
