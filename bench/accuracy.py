@@ -201,14 +201,15 @@ def train_command(method, spec, overrides: dict, *, seeds: int, seed: int, workd
 def game(workdir: str, members: list[dict]) -> dict | None:
   """Each member's game at its last evaluation and at its selected step."""
   states = [runlog.game_state(workdir, m["member"], m["best_step"]) for m in members]
-  if not any(states):
+  states = [s for s in states if s]
+  if not states:
     return None
   last = [s["last"]["val_disc_acc"] for s in states]
-  best = [s.get("best", {}).get("val_disc_acc", float("nan")) for s in states]
+  best = [s["best"]["val_disc_acc"] for s in states if "best" in s]
   lam = [s["last"]["lambda"] for s in states]
   return {
-    "val_disc_acc_last": [float(np.mean(last)), float(np.std(last, ddof=1))],
-    "val_disc_acc_best": [float(np.nanmean(best)), float(np.nanstd(best, ddof=1))],
+    "val_disc_acc_last": mean_std(last),
+    "val_disc_acc_best": mean_std(best),
     "lambda_last": float(np.mean(lam)),
     "members": states,
   }
@@ -263,17 +264,19 @@ def baseline_cell(spec, args, prov) -> dict:
   return out
 
 
+def mean_std(values) -> list[float]:
+  """[mean, sample std] (std 0 for one value; NaNs for none)."""
+  if not values:
+    return [float("nan"), float("nan")]
+  return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+
+
 def summarise_members(members) -> dict:
   test = [m["test"]["avg_map"] for m in members]
   out = {"seeds": len(members), "test": test}
   for key in ("avg_map", "i2t_map", "t2i_map"):
-    values = [m["test"][key] for m in members]
-    out[f"test_{key}"] = [
-      float(np.mean(values)),
-      float(np.std(values, ddof=1) if len(values) > 1 else 0.0),
-    ]
-  val = [m["val"]["avg_map"] for m in members]
-  out["val_avg_map"] = [float(np.mean(val)), float(np.std(val, ddof=1) if len(val) > 1 else 0.0)]
+    out[f"test_{key}"] = mean_std([m["test"][key] for m in members])
+  out["val_avg_map"] = mean_std([m["val"]["avg_map"] for m in members])
   out["patience_stops"] = sum(m["stopped"] == "patience" for m in members)
   out["best_steps"] = [m["best_step"] for m in members]
   return out

@@ -182,3 +182,17 @@ def test_results_resume_only_under_the_same_protocol(bench, tmp_path):
   assert bench.Results(path, args, {"commit": "b"}).get("wikipedia", "final", "mnsgan")
   args.trials = 8
   assert bench.Results(path, args, {"commit": "b"}).get("wikipedia", "final", "mnsgan") is None
+
+
+def test_game_of_a_finished_run(bench, trained_run):
+  workdir, result = trained_run
+  with open(Path(workdir) / "history.jsonl") as f:
+    evals = [r for r in map(json.loads, f) if "val_disc_acc" in r]
+  game = bench.game(workdir, result["members"])
+  best = result["members"][0]["best_step"]
+  assert game["val_disc_acc_last"] == [evals[-1]["val_disc_acc"], 0.0]
+  assert game["val_disc_acc_best"] == [
+    next(r for r in evals if r["step"] == best)["val_disc_acc"],
+    0.0,
+  ]
+  assert game["lambda_last"] == pytest.approx(evals[-1]["lambda"])
