@@ -22,8 +22,9 @@ Protocol, per (method, dataset):
    The game's state is read from each member's history: the discriminator's modality accuracy
    on validation embeddings at the last evaluation.
 3. Ablations of the tuned configs, with the same seeds: the discriminator off (the adversarial
-   methods), MNS-GAN with one (hardest) negative, MS2GAN ranked on shared features alone (same
-   checkpoints).
+   methods), the encoders' non-saturating confusion objective in place of the minimax one (the
+   adversarial methods, at the tuned weight), MNS-GAN with one (hardest) negative, MS2GAN ranked
+   on shared features alone (same checkpoints).
 4. The preset as a user first runs it: `python train.py --config configs/default.py:...`, seed 0,
    scored against its row's mean and spread.
 5. Non-deep references on the same input transform and metric code: CCA (dimension chosen on
@@ -75,6 +76,12 @@ ABLATIONS = {
   "1-negative": (
     {"loss.multi_negative.negatives": "hardest", "loss.multi_negative.k": 1},
     ("mnsgan",),
+  ),
+  # The tuned adversary with the non-saturating generator objective: where the discriminator
+  # has won the minimax game, its gradient is gone; this one's is not.
+  "confusion": (
+    {"adv.generator_loss": "confusion"},
+    tuple(m for m in methods.names() if methods.get(m).adversarial),
   ),
 }
 # What must match for a cell of an earlier sitting to be reused.

@@ -119,6 +119,16 @@ def answers(cells: dict) -> list[str]:
       + "; ".join(adv)
       + "."
     )
+  confusion = [
+    f"{title(m)} {verdict(welch(cells['ablations'][f'{m}/confusion']['test'], final[m]['test']))}"
+    for m in final
+    if f"{m}/confusion" in cells.get("ablations", {})
+  ]
+  if confusion:
+    lines.append(
+      "- **Does the non-saturating adversary help** (`adv.generator_loss=confusion` at the tuned "
+      "weight, against the minimax preset): " + "; ".join(confusion) + "."
+    )
   if "mnsgan vs mnsgan/1-negative" in tests:
     lines.append(
       "- **Do multiple negatives help** (MNS-GAN against one hardest negative): "

@@ -76,6 +76,10 @@ def base_config() -> ml_collections.ConfigDict:
   # ends long before the step cap; 0 ramps over `train.steps` (the cap), as DANN's paper does.
   c.adv.ramp_steps = 1000.0
   c.adv.d_steps = 1
+  # What the encoders do with the discriminator's predictions: "minimax" maximises its loss (the
+  # papers' objective; its gradient vanishes once the discriminator is confident and right),
+  # "confusion" pulls its predictions toward uniform, a push that does not fade when it wins.
+  c.adv.generator_loss = "minimax"
 
   # One entry per loss term, {weight, options...}: the method's terms (mscross.methods.registry),
   # which the presets fill in with every option's default.
@@ -188,6 +192,12 @@ def validate(config) -> None:
   _choice("adv.mode", a.mode, ("alternating", "reversal"))
   _choice("adv.schedule", a.schedule, ("dann", "constant"))
   _positive_ints(config, "adv", ("d_steps",))
+  _choice("adv.generator_loss", a.generator_loss, ("minimax", "confusion"))
+  if a.generator_loss == "confusion" and a.mode == "reversal":
+    raise ConfigError(
+      "adv.generator_loss=confusion needs adv.mode=alternating: a gradient-reversal layer plays "
+      "the minimax game by construction"
+    )
   if isinstance(a.ramp_steps, bool) or not a.ramp_steps >= 0:
     raise ConfigError(f"config.adv.ramp_steps must be >= 0, got {a.ramp_steps!r}")
 

@@ -107,7 +107,11 @@ def _cells():
       "mnsgan": _cell(seeds(0.30), game=game),
       "ms2gan": _cell(seeds(0.29), game=game, shared_only=seeds(0.28)),
     },
-    "ablations": {"mnsgan/no-disc": _cell(seeds(0.30)), "mnsgan/1-negative": _cell(seeds(0.25))},
+    "ablations": {
+      "mnsgan/no-disc": _cell(seeds(0.30)),
+      "mnsgan/1-negative": _cell(seeds(0.25)),
+      "mnsgan/confusion": _cell(seeds(0.31), game=game),
+    },
     "preset_seed0": {"mnsgan": _cell([0.302]), "ms2gan": _cell([0.35])},
     "baselines": {
       "references": {
@@ -123,7 +127,7 @@ def _cells():
 def test_every_table_row_has_the_header_columns(report, full):
   lines = report.dataset_table(_cells(), full=full)
   widths = {line.count(" | ") for line in lines}
-  assert len(lines) == 2 + 4 + 2 + 1 + 2 and len(widths) == 1
+  assert len(lines) == 2 + 4 + 3 + 1 + 2 and len(widths) == 1
 
 
 def test_answers_name_the_winner_and_what_does_not_help(report):
@@ -132,6 +136,7 @@ def test_answers_name_the_winner_and_what_does_not_help(report):
   assert "Does MNS-GAN beat** ACMR **yes**" in text
   # The canned ablations: without the discriminator the same, with one negative well behind.
   assert "**Does the adversary help**" in text and "MNS-GAN no significant difference" in text
+  assert "**Does the non-saturating adversary help**" in text and "MNS-GAN **yes** (+0.01" in text
   assert "**Do multiple negatives help** (MNS-GAN against one hardest negative): **yes**" in text
 
 

@@ -20,6 +20,7 @@ from mscross.errors import ConfigError
     ("model.width", 0, "model.width must be a positive integer"),
     ("model.activation", "gelu", "model.activation must be one of"),
     ("adv.schedule", "linear", "adv.schedule must be one of"),
+    ("adv.generator_loss", "wasserstein", "adv.generator_loss must be one of"),
     ("eval.select_metric", "map", "select_metric must look like avg_map"),
     ("parallel.feed", "disk", "parallel.feed must be one of"),
     ("population.size", 0, "population.size must be a positive integer"),
@@ -54,3 +55,12 @@ def test_a_file_that_is_no_config_is_one_error(tmp_path):
   bad.write_text(json.dumps([1, 2]))
   with pytest.raises(ConfigError, match="does not hold a config"):
     config_lib.load_config_file(str(bad))
+
+
+def test_confusion_needs_alternating_steps():
+  c = presets.build("acmr", "digits_halves")
+  c.adv.generator_loss, c.adv.mode = "confusion", "reversal"
+  with pytest.raises(ConfigError, match="needs adv.mode=alternating"):
+    config_lib.validate(c)
+  c.adv.mode = "alternating"
+  config_lib.validate(c)

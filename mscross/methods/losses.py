@@ -52,6 +52,7 @@ __all__ = [
   "label_cross_entropy",
   "large_margin_difference_loss",
   "modality_adversarial_loss",
+  "modality_confusion_loss",
   "ms2gan_similarity_loss",
   "multi_negative_loss",
   "orthogonality_difference_loss",
@@ -151,6 +152,37 @@ def modality_adversarial_loss(logits: chex.Array) -> chex.Array:
   # [B, K]: entry (i, k) is log p(modality k | item i of modality k).
   target = jnp.diagonal(log_probs, axis1=0, axis2=2)
   return -jnp.mean(target)
+
+
+def modality_confusion_loss(logits: chex.Array) -> chex.Array:
+  """The encoders' non-saturating adversarial term: the discriminator's predictions against the
+  uniform distribution over the K modalities.
+
+  Cross-entropy of the K-way predictions of every item against the uniform target 1/K, averaged
+  over all K*B items; at least log K, reached when the discriminator cannot tell the modalities
+  apart. The encoders minimise it (instead of maximising `modality_adversarial_loss`, whose
+  gradient vanishes once the discriminator is confident and right: a won game gives the
+  encoders no push). Its gradient grows with the discriminator's confidence.
+
+  Args:
+    logits: discriminator logits [K, B, K], as in `modality_adversarial_loss`.
+
+  Returns:
+    Scalar mean cross-entropy against the uniform distribution over the K*B items.
+
+  Raises:
+    AssertionError: `logits` is not of rank 3, K < 2, or its last axis is not K.
+
+  References:
+    Tzeng et al., "Simultaneous Deep Transfer Across Domains and Tasks", ICCV 2015 (domain
+    confusion); Goodfellow et al., "Generative Adversarial Nets", NeurIPS 2014 (the saturation
+    of the minimax generator objective).
+  """
+  logits = jnp.asarray(logits)
+  chex.assert_rank(logits, 3)
+  chex.assert_axis_dimension_gteq(logits, 0, 2)
+  chex.assert_axis_dimension(logits, 2, logits.shape[0])
+  return -jnp.mean(jax.nn.log_softmax(logits, axis=-1))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,11 @@ equivalent implementations, chosen by `config.adv.mode`:
 * "reversal": one step on both subtrees through a gradient-reversal layer, which hands the
   encoders -lam times the gradient D receives.
 
+With `adv.generator_loss="confusion"` (alternating steps only) the generator instead minimises
+L_emb PLUS lam times the cross-entropy of D's predictions against the uniform distribution
+(`losses.modality_confusion_loss`): the minimax term's gradient vanishes once D is confident
+and right, this one does not. `loss_adv` in the step metrics is then that term.
+
 lam follows the DANN schedule 2 / (1 + exp(-10 p)) - 1 of training progress p (or stays
 constant), times `adv.weight`. A step whose loss or gradients are not finite is skipped: the
 member keeps its old params and optimiser state and counts the skip. A member whose `active`
@@ -187,7 +192,7 @@ class Objectives(NamedTuple):
 
   forward: Callable  # (gen_params, batch) -> network outputs of the local batch
   adversarial: Callable  # (disc_params, emb [K, B, d]) -> L_adv, D's modality loss
-  generator: Callable  # (gen, disc, batch, rng, lam, hparams) -> (L_emb - lam L_adv, aux)
+  generator: Callable  # (gen, disc, batch, rng, lam, hparams) -> (L_emb -/+ lam L_adv, aux)
   reversal: Callable  # ({gen, disc}, batch, rng, lam, hparams) -> (L_emb + L_adv(GRL(z)), aux)
 
 
@@ -214,9 +219,17 @@ def make_objectives(
     )
     return out, l_emb, parts
 
+  confusion = plan.config.adv.generator_loss == "confusion"
+
   def generator_objective(gen_params, disc_params, batch, rng, lam, hparams):
     out, l_emb, parts = gathered_loss(gen_params, batch, rng, hparams)
-    l_adv = adv_loss(disc_params, out["emb"]) if adversarial else jnp.zeros(())
+    if not adversarial:
+      return l_emb, (l_emb, jnp.zeros(()), parts)
+    if confusion:
+      logits = disc.apply({"params": disc_params}, out["emb"])
+      l_conf = losses.modality_confusion_loss(logits)
+      return l_emb + lam * l_conf, (l_emb, l_conf, parts)
+    l_adv = adv_loss(disc_params, out["emb"])
     return l_emb - lam * l_adv, (l_emb, l_adv, parts)
 
   def reversal_objective(params, batch, rng, lam, hparams):

@@ -65,6 +65,7 @@ acmr = jax.jit(losses.acmr_triplet_loss, static_argnames=("negative",))
 mns = jax.jit(losses.multi_negative_loss, static_argnames=("negatives", "k"))
 ms2gan = jax.jit(losses.ms2gan_similarity_loss, static_argnames=("mining", "normalize"))
 adversarial = jax.jit(losses.modality_adversarial_loss)
+confusion = jax.jit(losses.modality_confusion_loss)
 label_ce = jax.jit(losses.label_cross_entropy, static_argnames=("multilabel",))
 orthogonality = jax.jit(losses.orthogonality_difference_loss, static_argnames=("reduction",))
 large_margin = jax.jit(losses.large_margin_difference_loss)
@@ -131,6 +132,17 @@ def ref_adversarial(logits):
   for k in range(logits.shape[0]):
     for row in logits[k]:
       terms.append(-ref_log_softmax(list(row), k))
+  return float(np.mean(terms))
+
+
+def ref_confusion(logits):
+  """Mean over items of the cross-entropy of their predictions against the uniform target."""
+  (logits,) = f64(logits)
+  k = logits.shape[0]
+  terms = []
+  for modality in range(k):
+    for row in logits[modality]:
+      terms.append(-sum(ref_log_softmax(list(row), j) for j in range(k)) / k)
   return float(np.mean(terms))
 
 
@@ -492,6 +504,32 @@ def test_modality_adversarial_loss_extremes_and_shapes():
   for shape in ((2, 4, 3), (3, 4, 2), (2, 4), (1, 4, 1), (2, 4, 1)):
     with pytest.raises(AssertionError):
       losses.modality_adversarial_loss(jnp.zeros(shape))
+
+
+@pytest.mark.parametrize("k", KS)
+def test_modality_confusion_loss_matches_reference(k):
+  rng = np.random.default_rng(1)
+  logits = (3 * rng.normal(size=(k, 5, k))).astype(np.float32)
+  np.testing.assert_allclose(confusion(logits), ref_confusion(logits), rtol=RTOL)
+  # Its minimum, log K, where the discriminator cannot tell the modalities apart.
+  np.testing.assert_allclose(confusion(np.zeros((k, 4, k))), math.log(k), rtol=1e-6)
+  assert float(confusion(logits)) > math.log(k)
+
+
+@pytest.mark.parametrize("k", KS)
+def test_a_won_game_still_pushes_the_encoders_under_confusion(k):
+  # A confident, correct discriminator: the minimax term has no gradient left, the confusion
+  # term has the largest one it can.
+  won = 20.0 * np.broadcast_to(np.eye(k)[:, None, :], (k, 4, k)).astype(np.float32)
+  minimax_grad = jax.grad(losses.modality_adversarial_loss)(won)
+  confusion_grad = jax.grad(losses.modality_confusion_loss)(won)
+  assert float(jnp.abs(minimax_grad).max()) < 1e-7
+  # d/dz_j of the mean over K*B items: (p_j - 1/K) / (K B); the winning logit has p_j = 1.
+  np.testing.assert_allclose(jnp.abs(confusion_grad).max(), (1 - 1 / k) / (k * 4), rtol=1e-5)
+  assert np.all(np.isfinite(jax.grad(losses.modality_confusion_loss)(1e4 * won)))
+  for shape in ((2, 4, 3), (2, 4), (1, 4, 1)):
+    with pytest.raises(AssertionError):
+      losses.modality_confusion_loss(jnp.zeros(shape))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1096,6 +1134,7 @@ STACK_LOSSES = {
   "label_ce": lambda z, y: jnp.mean(losses.label_cross_entropy(z[0], y)),
   "label_bce": lambda z, y: jnp.mean(losses.label_cross_entropy(z[-1], y, multilabel=True)),
   "adversarial": lambda z, y: losses.modality_adversarial_loss(z[..., : z.shape[0]]),
+  "confusion": lambda z, y: losses.modality_confusion_loss(z[..., : z.shape[0]]),
 }
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import batch_of, flat, member, program_of, small_config, spec_of, synthetic_split
 
+from mscross.methods import losses
 from mscross.training import input_pipeline, loop
 from mscross.training import step as step_lib
 
@@ -59,6 +60,31 @@ def test_adversarial_gradient_reaches_encoders_with_opposite_sign(mode, modaliti
   # Opposite sign: the encoders move to INCREASE the loss the discriminator decreases.
   assert np.dot(encoder_adv, disc_direction) < 0
   np.testing.assert_allclose(encoder_adv, -lam * disc_direction, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("modalities", [("a", "b"), ("a", "b", "c")])
+def test_confusion_gradient_is_that_of_the_confusion_term(modalities):
+  prog, state = setup(adv_config(generator_loss="confusion"), spec_of(modalities))
+  obj = step_lib.make_objectives(prog.plan, prog.net, prog.disc)
+  batch, rng, lam = batch_of(B, modalities), jax.random.PRNGKey(3), 0.7
+  st = member(state)
+  params, h = st.params, st.hparams
+  grad = lambda lam: jax.grad(obj.generator, has_aux=True)(
+    params["gen"], params["disc"], batch, rng, lam, h
+  )
+  (g_lam, aux), (g_0, _) = grad(lam), grad(0.0)
+
+  def l_conf(gen):
+    logits = prog.disc.apply({"params": params["disc"]}, obj.forward(gen, batch)["emb"])
+    return losses.modality_confusion_loss(logits)
+
+  # The encoders DESCEND the confusion term (weighted by lam), and it is the logged loss_adv.
+  encoder_adv = flat(g_lam) - flat(g_0)
+  assert np.linalg.norm(encoder_adv) > 1e-6
+  np.testing.assert_allclose(
+    encoder_adv, lam * flat(jax.grad(l_conf)(params["gen"])), rtol=1e-3, atol=1e-6
+  )
+  np.testing.assert_allclose(aux[1], l_conf(params["gen"]), rtol=1e-6)
 
 
 def test_discriminator_learns_to_tell_three_modalities_apart():
