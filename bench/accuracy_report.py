@@ -333,7 +333,7 @@ def markdown(data: dict, specs=None) -> str:
       lines.append(f"- {method} tuning: `{cell['command']}`")
     for part in ("final", "ablations", "preset_seed0"):
       for name, cell in cells.get(part, {}).items():
-        lines.append(f"- {name} ({part}): `{cell['command']}`")
+        lines.append(f"- {name} ({part}): `{portable(cell['command'])}`")
   return "\n".join(lines) + "\n"
 
 
