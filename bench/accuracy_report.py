@@ -355,6 +355,16 @@ def readme_section(data: dict, specs=None) -> str:
     for method, cell in cells["final"].items():
       lines.append(f"- {title(method)}: `{portable(cell['command'])}`")
   missing = [s for s in specs or () if not data["datasets"].get(s, {}).get("final")]
+  partial = []
+  for spec in specs or ():
+    cells = data["datasets"].get(spec, {})
+    if spec not in missing:
+      todo = [title(m) for m in (*REFERENCE_METHODS, *SEED_METHODS) if m not in cells["final"]]
+      todo += [] if cells.get("baselines") else ["the references"]
+      if todo:
+        partial.append(f"`{spec}` ({', '.join(todo)} still to run)")
+  if partial:
+    lines += ["", "Incomplete: " + "; ".join(partial) + "."]
   if missing:
     lines += ["", "Not run yet: " + ", ".join(f"`{s}`" for s in missing) + "."]
   lines += ["", README_END]

@@ -152,7 +152,14 @@ def test_readme_section_between_its_markers(report, tmp_path):
   data = {"datasets": {"wikipedia": _cells()}}
   report.update_readme(str(readme), data, ["wikipedia", "web_news"])
   text = readme.read_text()
-  assert "Not run yet: `web_news`." in text
+  assert "Not run yet: `web_news`." in text and "Incomplete" not in text
+  partial = {"datasets": {"wikipedia": {"final": {"acmr": _cells()["final"]["acmr"]}}}}
+  report.update_readme(str(readme), partial, ["wikipedia"])
+  assert "Incomplete: `wikipedia` (DSCMR, MNS-GAN, MS2GAN, the references still to run)." in (
+    readme.read_text()
+  )
+  report.update_readme(str(readme), data, ["wikipedia", "web_news"])
+  text = readme.read_text()
   assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
   assert "#### wikipedia" in text and "Published context, not run here" in text
   assert "--workdir runs/m_d`" in text
