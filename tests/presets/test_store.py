@@ -89,7 +89,10 @@ def test_written_presets_read_back_and_wrong_files_are_refused(tuned_root):
     presets.build("mnsgan", "wikipedia")
 
 
-@pytest.mark.parametrize("tuned", store.stored(), ids=lambda t: f"{t.method}-{t.dataset}")
+@pytest.mark.shipped_presets
+@pytest.mark.parametrize(
+  "tuned", store.stored(), ids=lambda t: f"{t.method}-{store.variant(t.dataset, t.encoders)}"
+)
 def test_every_shipped_preset_is_inside_its_search_space_and_says_how_it_was_tuned(tuned):
   space = {p.name: p for p in methods.get(tuned.method).search_space}
   assert tuned.params and set(tuned.params) <= set(space)
