@@ -55,7 +55,7 @@ import provenance as provenance_lib  # noqa: E402
 from mscross import baselines, dotted, methods, presets, tuning  # noqa: E402
 from mscross.presets import store  # noqa: E402
 from mscross.retrieval import trained  # noqa: E402
-from mscross.training import input_pipeline, runlog, trainer  # noqa: E402
+from mscross.training import evaluation, input_pipeline, runlog, trainer  # noqa: E402
 from mscross.training import workdir as workdir_lib  # noqa: E402
 
 # Wikipedia twice: its shallow features, and its texts through the text encoder that did best
@@ -272,17 +272,18 @@ def baseline_cell(spec, args, prov) -> dict:
 
 
 def mean_std(values) -> list[float]:
-  """[mean, sample std] (std 0 for one value; NaNs for none)."""
-  if not values:
-    return [float("nan"), float("nan")]
-  return [float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0]
+  """[mean, sample std] as the trainer reports members (`evaluation.mean_and_std`: std 0 for
+  one value); NaNs for none."""
+  mean, std = evaluation.mean_and_std([{"x": v} for v in values])
+  return [mean.get("x", float("nan")), std.get("x", float("nan"))]
 
 
 def summarise_members(members) -> dict:
   test = [m["test"]["avg_map"] for m in members]
   out = {"seeds": len(members), "test": test}
+  mean, std = evaluation.mean_and_std([m["test"] for m in members])
   for key in ("avg_map", "i2t_map", "t2i_map"):
-    out[f"test_{key}"] = mean_std([m["test"][key] for m in members])
+    out[f"test_{key}"] = [mean[key], std[key]]
   out["val_avg_map"] = mean_std([m["val"]["avg_map"] for m in members])
   out["patience_stops"] = sum(m["stopped"] == "patience" for m in members)
   out["best_steps"] = [m["best_step"] for m in members]

@@ -24,15 +24,21 @@ from mscross.training import program as program_lib
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def _no_tuned_presets(tmp_path_factory) -> str:
+  return str(tmp_path_factory.mktemp("no_tuned_presets"))
+
+
 @pytest.fixture(autouse=True)
-def _registry_presets(request, monkeypatch, tmp_path_factory):
+def _registry_presets(request, monkeypatch, _no_tuned_presets):
   """The tests' configs come from the method registry and the dataset presets: the tuned values
-  in mscross/presets/tuned/ change with every benchmark run, so they are left out, except in the
-  tests marked `shipped_presets`, which check those files."""
+  in mscross/presets/tuned/ change with every benchmark run, so they are left out (an empty
+  folder stands in for them), except in the tests marked `shipped_presets`, which check those
+  files."""
   if request.node.get_closest_marker("shipped_presets") is None:
     from mscross.presets import store
 
-    monkeypatch.setattr(store, "ROOT", str(tmp_path_factory.mktemp("no_tuned_presets")))
+    monkeypatch.setattr(store, "ROOT", _no_tuned_presets)
 
 
 # The benchmark data: $MSCROSS_DATA_DIR, else the shared folder beside the checkout. Resolved,
