@@ -35,7 +35,12 @@ def provenance(script: str, argv: list[str], packages=PACKAGES) -> dict:
       pass
   return {
     "commit": git("rev-parse", "HEAD"),
-    "tree_clean": git("status", "--porcelain", "--untracked-files=no") == "",
+    # Result files are what a resumed benchmark rewrites as it goes; they cannot change a
+    # figure, so only a change elsewhere makes the tree unclean.
+    "tree_clean": git(
+      "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results"
+    )
+    == "",
     "versions": versions,
     "python": sys.version.split()[0],
     "cpu": cpu_name(),

@@ -208,3 +208,27 @@ def test_game_of_a_finished_run(bench, trained_run):
     0.0,
   ]
   assert game["lambda_last"] == pytest.approx(evals[-1]["lambda"])
+
+
+def test_provenance_tree_is_unclean_for_code_changes_but_not_for_result_files(
+  tmp_path, monkeypatch
+):
+  import subprocess
+
+  provenance = _load("provenance")
+  repo = tmp_path / "repo"
+  (repo / "bench" / "results").mkdir(parents=True)
+  (repo / "code.py").write_text("x = 1\n")
+  (repo / "bench" / "results" / "accuracy.json").write_text("{}\n")
+  for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "c"]):
+    subprocess.run(
+      ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True
+    )
+  monkeypatch.setattr(provenance, "ROOT", str(repo))
+  clean = lambda: provenance.provenance("bench/x.py", [], packages=())["tree_clean"]  # noqa: E731
+  assert clean()
+  # A resumed benchmark rewrites its own results file as cells finish.
+  (repo / "bench" / "results" / "accuracy.json").write_text('{"cell": 1}\n')
+  assert clean()
+  (repo / "code.py").write_text("x = 2\n")
+  assert not clean()
