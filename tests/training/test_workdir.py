@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from mscross import data
+from mscross import data, dotted
 from mscross.errors import ConfigError, DataError
 from mscross.training import input_pipeline
 from mscross.training import workdir as workdir_lib
@@ -208,9 +208,7 @@ def test_resume_with_another_config_is_refused_with_the_diff(
   shutil.copytree(reference, workdir)
   before = snapshot(workdir)
   # The old value as the run stored it: the default config carries any shipped tuned preset.
-  stored = json.loads((workdir / "config.json").read_text())
-  for part in key.split("."):
-    stored = stored[part]
+  stored = dotted.get(json.loads((workdir / "config.json").read_text()), key)
   rc, out, err = run(env, workdir, *args)
   assert rc == 2 and out == ""
   line = the_error_line(err)
@@ -390,9 +388,9 @@ def test_normalizer_keeps_the_power_key_through_save_and_load(tmp_path):
 
 def cfg(**values):
   c = ml_collections.ConfigDict()
-  for dotted, value in values.items():
+  for name, value in values.items():
     node = c
-    *path, last = dotted.split("__")
+    *path, last = name.split("__")
     for part in path:
       if part not in node:
         node[part] = ml_collections.ConfigDict()
