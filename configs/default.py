@@ -10,6 +10,7 @@ Arguments (comma-separated key=value after the colon):
   method      a name of the method registry, `mscross.methods.names()` (default mnsgan)
   dataset     a dataset name, `mscross.data.available_datasets()` (default digits_halves)
   labels      true (default) | false: instance-level retrieval, the class labels dropped
+  tuned       true (default) | false: the registry's settings, without the stored tuned preset
   <modality>  an encoder (`mscross.encoders.names()`) for one of the dataset's raw modalities,
               e.g. text=wordllama on wikipedia, image=efficientnet_lite0 on web_news
 
@@ -22,11 +23,11 @@ digits_halves need a data directory: --config.data.data_dir or MSCROSS_DATA_DIR.
 
 from mscross import presets
 
-_KEYS = ("method", "dataset", "labels")
+_KEYS = ("method", "dataset", "labels", "tuned")
 
 
 def get_config(arg=None):
-  args = {"method": "mnsgan", "dataset": "digits_halves", "labels": "true"}
+  args = {"method": "mnsgan", "dataset": "digits_halves", "labels": "true", "tuned": "true"}
   encoders = {}
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
@@ -40,7 +41,17 @@ def get_config(arg=None):
       args[key] = value.strip()
     else:
       encoders[key] = value.strip()
-  labels = args["labels"].lower()
-  if labels not in ("true", "false"):
-    raise ValueError(f"labels must be true or false, got {args['labels']!r}")
-  return presets.build(args["method"], args["dataset"], labels=labels == "true", encoders=encoders)
+  return presets.build(
+    args["method"],
+    args["dataset"],
+    labels=_flag(args, "labels"),
+    encoders=encoders,
+    use_tuned=_flag(args, "tuned"),
+  )
+
+
+def _flag(args, key):
+  value = args[key].lower()
+  if value not in ("true", "false"):
+    raise ValueError(f"{key} must be true or false, got {args[key]!r}")
+  return value == "true"

@@ -24,21 +24,22 @@ from mscross.training import program as program_lib
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="session")
-def _no_tuned_presets(tmp_path_factory) -> str:
-  return str(tmp_path_factory.mktemp("no_tuned_presets"))
+@pytest.fixture(scope="session", autouse=True)
+def _no_tuned_presets(tmp_path_factory):
+  """The tests' configs come from the method registry and the dataset presets: the tuned values
+  in mscross/presets/tuned/ change with every benchmark run, so they are left out. An empty
+  folder stands in for them, set before any fixture runs, in this process and in the train.py
+  and script subprocesses that inherit its environment."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv(presets.store.ROOT_ENV, str(tmp_path_factory.mktemp("no_tuned_presets")))
+    yield
 
 
 @pytest.fixture(autouse=True)
-def _registry_presets(request, monkeypatch, _no_tuned_presets):
-  """The tests' configs come from the method registry and the dataset presets: the tuned values
-  in mscross/presets/tuned/ change with every benchmark run, so they are left out (an empty
-  folder stands in for them), except in the tests marked `shipped_presets`, which check those
-  files."""
-  if request.node.get_closest_marker("shipped_presets") is None:
-    from mscross.presets import store
-
-    monkeypatch.setattr(store, "ROOT", _no_tuned_presets)
+def _shipped_presets(request, monkeypatch):
+  """The tests marked `shipped_presets` check the shipped files themselves."""
+  if request.node.get_closest_marker("shipped_presets") is not None:
+    monkeypatch.delenv(presets.store.ROOT_ENV)
 
 
 # The benchmark data: $MSCROSS_DATA_DIR, else the shared folder beside the checkout. Resolved,

@@ -8,6 +8,8 @@ import sys
 import pytest
 from conftest import REPO, TINY_FLAGS
 
+from mscross import presets
+
 TINY = list(TINY_FLAGS)
 
 
@@ -36,6 +38,9 @@ def test_train_writes_config_metrics_and_checkpoints(workdir):
   config = json.loads((workdir / "config.json").read_text())
   # The command-line override reached the resolved config.
   assert config["train"]["steps"] == 20 and config["model"]["encoder_layers"] == [32]
+  # train.py built the config this process builds: it read the tests' tuned-presets folder too.
+  here = presets.build("mnsgan", "digits_halves")
+  assert (config["optim"]["lr"], config["adv"]["weight"]) == (here.optim.lr, here.adv.weight)
   metrics = json.loads((workdir / "metrics.json").read_text())
   assert metrics["steps"] == 20
   assert (workdir / "checkpoints" / "best").is_dir()

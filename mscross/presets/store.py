@@ -24,6 +24,14 @@ from mscross import atomic
 from mscross.errors import ConfigError
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuned")
+# Another folder of tuned presets in place of the shipped ones: a lab's own benchmark results,
+# or an empty folder for configs built from the registry alone (the test suite's subprocesses).
+ROOT_ENV = "MSCROSS_TUNED_DIR"
+
+
+def root_dir() -> str:
+  """The folder the presets are read from and written to: $MSCROSS_TUNED_DIR, else `ROOT`."""
+  return os.environ.get(ROOT_ENV) or ROOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +57,7 @@ def variant(dataset: str, encoders: dict[str, str] | None = None) -> str:
 
 
 def path(method: str, dataset: str, encoders: dict[str, str] | None = None, root=None) -> str:
-  return os.path.join(root or ROOT, variant(dataset, encoders), f"{method}.json")
+  return os.path.join(root or root_dir(), variant(dataset, encoders), f"{method}.json")
 
 
 def read(method: str, dataset: str, encoders=None, *, root=None) -> Tuned | None:
@@ -80,7 +88,7 @@ def write(tuned: Tuned, *, root=None) -> str:
 
 def stored(root=None) -> list[Tuned]:
   """Every stored preset, sorted by variant and method."""
-  root = root or ROOT
+  root = root or root_dir()
   out = []
   if os.path.isdir(root):
     for folder in sorted(os.listdir(root)):

@@ -27,7 +27,7 @@ def _tuned(method="mnsgan", dataset="wikipedia", encoders=None, **params):
 
 @pytest.fixture
 def tuned_root(tmp_path, monkeypatch):
-  monkeypatch.setattr(store, "ROOT", str(tmp_path))
+  monkeypatch.setenv(store.ROOT_ENV, str(tmp_path))
   return tmp_path
 
 
@@ -63,6 +63,12 @@ def test_the_default_config_file_picks_a_variant_by_its_encoders(tuned_root):
   c = get_config("method=mnsgan,dataset=wikipedia,text=wordllama")
   assert c.optim.lr == 0.0042 and c.data.encoders.text == "wordllama"
   assert get_config("method=mnsgan,dataset=wikipedia").optim.lr != 0.0042
+  # tuned=false builds the registry's settings, as the tuning studies start from them.
+  plain = get_config("method=mnsgan,dataset=wikipedia,text=wordllama,tuned=false")
+  untuned = presets.build("mnsgan", "wikipedia", encoders={"text": "wordllama"}, use_tuned=False)
+  assert plain.to_dict() == untuned.to_dict() and plain.optim.lr != 0.0042
+  with pytest.raises(ValueError, match="tuned must be true or false"):
+    get_config("tuned=no")
   with pytest.raises(ConfigError, match="no raw modality 'image'.*text"):
     get_config("method=mnsgan,dataset=wikipedia,image=efficientnet_lite0")
   with pytest.raises(ValueError, match="method=...*<modality>=<encoder>"):
@@ -91,7 +97,9 @@ def test_written_presets_read_back_and_wrong_files_are_refused(tuned_root):
 
 @pytest.mark.shipped_presets
 @pytest.mark.parametrize(
-  "tuned", store.stored(), ids=lambda t: f"{t.method}-{store.variant(t.dataset, t.encoders)}"
+  "tuned",
+  store.stored(store.ROOT),
+  ids=lambda t: f"{t.method}-{store.variant(t.dataset, t.encoders)}",
 )
 def test_every_shipped_preset_is_inside_its_search_space_and_says_how_it_was_tuned(tuned):
   space = {p.name: p for p in methods.get(tuned.method).search_space}
