@@ -387,7 +387,12 @@ def main(argv=None) -> int:
 
   prov = provenance_lib.provenance("bench/accuracy.py", argv)
   results = Results(os.path.join(args.out, "accuracy.json"), args, prov)
-  run(args, results, prov, log)
+  try:
+    run(args, results, prov, log)
+  except KeyboardInterrupt:
+    # Each cell is saved as it finishes and each study keeps its trials: the rerun resumes.
+    print("interrupted: rerun the same command to resume", file=sys.stderr)
+    return 130
   results.save()
   text = accuracy_report.markdown(results.data, args.datasets)
   with open(os.path.join(args.out, "accuracy.md"), "w") as f:

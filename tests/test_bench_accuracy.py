@@ -196,6 +196,21 @@ def test_results_resume_only_under_the_same_protocol(bench, tmp_path):
   assert bench.Results(path, args, {"commit": "b"}).get("wikipedia", "final", "mnsgan") is None
 
 
+def test_an_interrupted_run_keeps_its_finished_cells_and_exits_130(
+  bench, tmp_path, monkeypatch, capsys
+):
+  def run(args, results, prov, log):
+    results.put("digits_halves", "final", "acmr", {"test": [0.8]})
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(bench, "run", run)
+  argv = ["--datasets", "digits_halves", "--out", str(tmp_path)]
+  assert bench.main(argv) == 130
+  assert "rerun the same command to resume" in capsys.readouterr().err
+  saved = json.loads((tmp_path / "accuracy.json").read_text())
+  assert saved["datasets"]["digits_halves"]["final"]["acmr"] == {"test": [0.8]}
+
+
 def test_game_of_a_finished_run(bench, trained_run):
   workdir, result = trained_run
   with open(Path(workdir) / "history.jsonl") as f:
