@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mscross import cli
+
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 
@@ -204,6 +206,9 @@ def test_an_interrupted_run_keeps_its_finished_cells_and_exits_130(
     raise KeyboardInterrupt
 
   monkeypatch.setattr(bench, "run", run)
+  # main() turns on the compilation and program caches for the whole process; left on, they
+  # would serve later tests in this worker programs traced before those tests' patches.
+  monkeypatch.setattr(cli, "enable_compilation_cache", lambda *a, **k: None)
   argv = ["--datasets", "digits_halves", "--out", str(tmp_path)]
   assert bench.main(argv) == 130
   assert "rerun the same command to resume" in capsys.readouterr().err
