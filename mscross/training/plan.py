@@ -23,6 +23,7 @@ could not. Everything else (widths, batch size, strings, ints) fixes the program
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 
 import jax.numpy as jnp
@@ -80,7 +81,9 @@ class RunPlan:
   seeds: tuple[int, ...]  # per member
   values: dict  # {candidate key: (value of member 0, ...)}: every hyperparameter that may be traced
   traced: tuple[str, ...]  # the keys that enter the step as traced scalars
-  program_key: str | None  # what shapes the training loop beyond its arguments (None: no spec)
+  # What shapes the training loop beyond its arguments; None: no spec, or a loss term from
+  # outside the package (see `_program_key`), and the loop is traced as usual.
+  program_key: str | None
 
   @property
   def size(self) -> int:
@@ -139,7 +142,7 @@ def resolve(config, spec: DataSpec | None = None) -> RunPlan:
   traced = tuple(k for k, v in values.items() if any(x != 0.0 for x in v))
   if spec is not None:
     _check_data(config, spec)
-  key = None if spec is None else _program_key(config, spec, traced)
+  key = None if spec is None else _program_key(config, spec, traced, terms)
   return RunPlan(config, method, spec, terms, seeds, values, traced, key)
 
 
@@ -219,9 +222,22 @@ def _check_data(config, spec: DataSpec) -> None:
     )
 
 
-def _program_key(config, spec: DataSpec, traced) -> str:
-  """What shapes the training loop beyond its arguments' shapes (see `program_cache`)."""
+def _program_key(config, spec: DataSpec, traced, terms) -> str | None:
+  """What shapes the training loop beyond its arguments' shapes (see `program_cache`).
+
+  The package's own code is in the key through `program_cache.source_digest`. A loss term
+  registered from outside the package is not: its function, the helpers it calls and the
+  values it closes over can all change under the same name, and a stale traced program would
+  train the old loss without a word. Such plans get no key, so their loop is traced each run.
+  """
+  if any(not _inside_package(registry.term(t.name).fn) for t in terms):
+    return None
   skip = {*traced, *_NOT_IN_PROGRAM}
   flat = dotted.flatten(config)
   kept = {k: v for k, v in flat.items() if k not in skip and not k.startswith("eval.")}
   return json.dumps({"config": kept, "spec": spec.to_json()}, sort_keys=True, default=str)
+
+
+def _inside_package(fn) -> bool:
+  module = inspect.getmodule(fn)
+  return module is not None and module.__name__.split(".")[0] == __name__.split(".")[0]

@@ -7,7 +7,8 @@ artefact (StableHLO) instead, keyed by everything that shapes the program: the m
 the jax version and backend, the config minus the values the program takes as inputs (seeds,
 traced hyperparameters, step counts, cadences), the data spec, and the shapes, dtypes, tree
 structure and shardings of the arguments. A later run with the same key loads the artefact
-(milliseconds) and compiles it, which the compilation cache then answers.
+(milliseconds) and compiles it, which the compilation cache then answers. A plan with a loss term
+registered outside the package has no key (`plan._program_key`): its code is not in the digest.
 
 The cache lives beside JAX's (`cli.enable_compilation_cache` sets `DIRECTORY`); with no
 directory set, as in library use, nothing is kept and programs are traced as usual.

@@ -1,6 +1,7 @@
 """The run plan: a config resolved once into the method, the active terms with every option, the
 members and the value of every traced hyperparameter, checked against the data."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,6 +9,7 @@ from conftest import spec_of
 
 from mscross import presets
 from mscross.errors import ConfigError
+from mscross.methods import registry
 from mscross.training import plan as plan_lib
 
 WIKI_SPEC = spec_of(("image", "text"))
@@ -81,6 +83,23 @@ def test_the_program_key_ignores_what_the_program_takes_as_inputs():
   assert plan_lib.resolve(c, WIKI_SPEC).program_key != key
   assert plan_lib.resolve(base, spec_of(("image", "text"), 3)).program_key != key
   assert plan_lib.resolve(base).program_key is None  # no data spec, no program
+
+
+def test_a_loss_term_from_outside_the_package_has_no_program_key(monkeypatch):
+  # The key covers mscross's own source; a researcher's term can change under the same name
+  # (its file, its helpers, its closure), so its loop must be traced afresh, never loaded.
+  base = presets.build("acmr", "wikipedia")
+  assert plan_lib.resolve(base, WIKI_SPEC).program_key is not None
+  real = registry.LOSS_TERMS["reg"]
+
+  def reg(out, batch, *, params, rng):
+    return 2.0 * real.fn(out, batch, params=params, rng=rng)
+
+  monkeypatch.setitem(registry.LOSS_TERMS, "reg", dataclasses.replace(real, fn=reg))
+  assert plan_lib.resolve(base, WIKI_SPEC).program_key is None
+  # A term that is off is not in the program.
+  base.loss.reg.weight = 0.0
+  assert plan_lib.resolve(base, WIKI_SPEC).program_key is not None
 
 
 def test_instance_level_plans_refuse_label_terms():
