@@ -1,4 +1,5 @@
-"""Tuned presets stored as data: one JSON file per (method, dataset variant) under `tuned/`.
+"""Tuned presets stored as data: one JSON file per (method, dataset variant) under `tuned/`, or
+under `$MSCROSS_TUNED_DIR` when it is set (`root_dir`).
 
 A dataset variant is the dataset's name plus the encoders that differ from its builder's
 defaults, so `wikipedia` (its LDA text features) and `wikipedia` with WordLlama text
