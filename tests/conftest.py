@@ -7,8 +7,10 @@ subprocess put this folder on `sys.path` first.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
+import sys
 from pathlib import Path
 
 import jax
@@ -87,6 +89,20 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+def load_bench(name: str):
+  """bench/<name>.py as a module. A script's own folder is on its import path, so bench/ goes on
+  the tests' path for its sibling imports (provenance, accuracy)."""
+  bench_dir = Path(__file__).resolve().parents[1] / "bench"
+  if str(bench_dir) not in sys.path:
+    sys.path.insert(0, str(bench_dir))
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", bench_dir / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  # dataclasses look their module up in sys.modules while the class body is processed.
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
 
 
 def spec_of(modalities=("a", "b"), num_classes: int = NUM_CLASSES) -> DataSpec:

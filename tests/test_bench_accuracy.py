@@ -2,37 +2,25 @@
 cells: the benchmark itself is hours of training, so only that its report is right is checked
 here. Welch's test is checked against the textbook formula integrated with NumPy."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_bench
 
 from mscross import cli
-
-BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name: str):
-  sys.path.insert(0, str(BENCH_DIR))
-  spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.fixture(scope="module")
 def report():
-  return _load("accuracy_report")
+  return load_bench("accuracy_report")
 
 
 @pytest.fixture(scope="module")
 def bench():
-  return _load("accuracy")
+  return load_bench("accuracy")
 
 
 def _welch_reference(a, b) -> tuple[float, float]:
@@ -235,7 +223,7 @@ def test_provenance_tree_is_unclean_for_code_changes_but_not_for_result_files(
 ):
   import subprocess
 
-  provenance = _load("provenance")
+  provenance = load_bench("provenance")
   repo = tmp_path / "repo"
   (repo / "bench" / "results").mkdir(parents=True)
   (repo / "code.py").write_text("x = 1\n")
