@@ -7,6 +7,7 @@ subprocess put this folder on `sys.path` first.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -91,18 +92,27 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def load_bench(name: str):
-  """bench/<name>.py as a module. A script's own folder is on its import path, so bench/ goes on
-  the tests' path for its sibling imports (provenance, accuracy)."""
-  bench_dir = Path(__file__).resolve().parents[1] / "bench"
-  if str(bench_dir) not in sys.path:
-    sys.path.insert(0, str(bench_dir))
-  spec = importlib.util.spec_from_file_location(f"bench_{name}", bench_dir / f"{name}.py")
+BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
+
+
+@contextlib.contextmanager
+def bench_module(name: str):
+  """bench/<name>.py as a module, for the block. A script's own folder is on its import path,
+  so bench/ goes on the tests' path for its sibling imports (provenance, accuracy); it is taken
+  off again with every module loaded from it, so that no other test imports them by accident."""
+  sys.path.insert(0, str(BENCH_DIR))
+  spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   # dataclasses look their module up in sys.modules while the class body is processed.
   sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  try:
+    spec.loader.exec_module(module)
+    yield module
+  finally:
+    sys.path.remove(str(BENCH_DIR))
+    for loaded, m in list(sys.modules.items()):
+      if loaded == spec.name or Path(getattr(m, "__file__", None) or "/").parent == BENCH_DIR:
+        sys.modules.pop(loaded, None)
 
 
 def spec_of(modalities=("a", "b"), num_classes: int = NUM_CLASSES) -> DataSpec:

@@ -8,19 +8,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_bench
+from conftest import bench_module
 
 from mscross import cli
 
 
 @pytest.fixture(scope="module")
 def report():
-  return load_bench("accuracy_report")
+  with bench_module("accuracy_report") as module:
+    yield module
 
 
 @pytest.fixture(scope="module")
 def bench():
-  return load_bench("accuracy")
+  with bench_module("accuracy") as module:
+    yield module
+
+
+@pytest.fixture(scope="module")
+def provenance():
+  with bench_module("provenance") as module:
+    yield module
 
 
 def _welch_reference(a, b) -> tuple[float, float]:
@@ -219,11 +227,10 @@ def test_game_of_a_finished_run(bench, trained_run):
 
 
 def test_provenance_tree_is_unclean_for_code_changes_but_not_for_result_files(
-  tmp_path, monkeypatch
+  provenance, tmp_path, monkeypatch
 ):
   import subprocess
 
-  provenance = load_bench("provenance")
   repo = tmp_path / "repo"
   (repo / "bench" / "results").mkdir(parents=True)
   (repo / "code.py").write_text("x = 1\n")

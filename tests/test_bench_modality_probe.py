@@ -3,12 +3,13 @@ told apart by one coordinate, and modalities whose embeddings are the same vecto
 
 import numpy as np
 import pytest
-from conftest import load_bench
+from conftest import bench_module
 
 
 @pytest.fixture(scope="module")
 def probe():
-  return load_bench("modality_probe")
+  with bench_module("modality_probe") as module:
+    yield module
 
 
 def test_separable_modalities_are_told_apart(probe):

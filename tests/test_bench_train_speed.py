@@ -6,39 +6,23 @@ script's own folder is on its import path); the test puts bench/ there to load t
 Only that the code works is checked here; speed is the benchmark's business, not a test's.
 """
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import bench_module
 
 from mscross import presets
-
-BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
-BENCH = BENCH_DIR / "train_speed.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
   """bench/train_speed.py as a module; its sections as `bench.dscmr`, `bench.populations`,
   `bench.processes`, and `bench.workloads`, `bench.timing`."""
-  sys.path.insert(0, str(BENCH_DIR))
-  spec = importlib.util.spec_from_file_location("bench_train_speed", BENCH)
-  module = importlib.util.module_from_spec(spec)
-  # dataclasses look their module up in sys.modules while the class body is processed.
-  sys.modules[spec.name] = module
-  try:
-    spec.loader.exec_module(module)
+  with bench_module("train_speed") as module:
     module.timing = sys.modules["speed_timing"]
     module.workloads = sys.modules["speed_workloads"]
     yield module
-  finally:
-    sys.path.remove(str(BENCH_DIR))
-    # The sections' modules too, so that no other test imports them by accident.
-    for name, m in list(sys.modules.items()):
-      if name == spec.name or Path(getattr(m, "__file__", None) or "/").parent == BENCH_DIR:
-        sys.modules.pop(name, None)
 
 
 def tiny_config(method: str):

@@ -4,7 +4,6 @@ trained on raw pairs through `evaluate_workdir`; and, where Chromium is installe
 of the page."""
 
 import html
-import importlib.util
 import json
 import re
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_ENCODERS, trainer_config, write_archive, write_image
+from conftest import TINY_ENCODERS, bench_module, trainer_config, write_archive, write_image
 
 from mscross import metrics
 from mscross.data.base import Split
@@ -21,7 +20,6 @@ from mscross.retrieval import report, report_items
 N = 12
 MISSING = 3  # the item whose image file does not exist
 LONG_TEXT = "<b>bold</b> & co | " + " ".join(f"w{i}" for i in range(40))
-REPO = Path(__file__).resolve().parents[2]
 
 
 def raw_split(tmp_path: Path):
@@ -170,24 +168,20 @@ def test_eval_report_of_a_raw_dataset_shows_its_items(tmp_path, monkeypatch):
 def test_screenshot_of_the_page(written, tmp_path):
   from PIL import Image
 
-  spec = importlib.util.spec_from_file_location(
-    "report_screenshot", REPO / "bench" / "report_screenshot.py"
-  )
-  shot = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(shot)
-  out, *_ = written
-  png = tmp_path / "page.png"
-  args = ["--out", str(png), "--width", "900", "--height", "1400"]
-  assert shot.main([str(out), *args]) == 0
-  with Image.open(png) as im:
-    assert im.size == (900, 1400)
-    top = im.convert("RGB").getcolors(maxcolors=1 << 20)
-  # The top of the page: text, tables and plots, far from a blank page.
-  assert top is None or len(top) > 100
-  assert shot.main([str(out), *args, "--at", "results"]) == 0
-  with Image.open(png) as im:
-    results = im.convert("RGB")
-  # The top-10 lists: the thumbnails of random pixels bring thousands of colours.
-  colours = results.getcolors(maxcolors=1 << 20)
-  assert colours is None or len(colours) > 5000
-  assert shot.main([str(tmp_path / "nowhere")]) == 1
+  with bench_module("report_screenshot") as shot:
+    out, *_ = written
+    png = tmp_path / "page.png"
+    args = ["--out", str(png), "--width", "900", "--height", "1400"]
+    assert shot.main([str(out), *args]) == 0
+    with Image.open(png) as im:
+      assert im.size == (900, 1400)
+      top = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    # The top of the page: text, tables and plots, far from a blank page.
+    assert top is None or len(top) > 100
+    assert shot.main([str(out), *args, "--at", "results"]) == 0
+    with Image.open(png) as im:
+      results = im.convert("RGB")
+    # The top-10 lists: the thumbnails of random pixels bring thousands of colours.
+    colours = results.getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 5000
+    assert shot.main([str(tmp_path / "nowhere")]) == 1
