@@ -222,8 +222,13 @@ def game(workdir: str, members: list[dict]) -> dict | None:
   }
 
 
+def final_workdir(root: str, name: str, spec: str) -> str:
+  """Where the final run or ablation `name` ("mnsgan", "mnsgan/no-disc") of `spec` trains."""
+  return os.path.join(root, "final", name.replace("/", "_"), slug(spec))
+
+
 def run_cell(name, method, spec, args, overrides, *, prov, log, seeds, seed) -> dict:
-  workdir = os.path.join(args.root, "final", name.replace("/", "_"), slug(spec))
+  workdir = final_workdir(args.root, name, spec)
   if seed == 0:
     workdir = os.path.join(args.root, "preset_seed0", method, slug(spec))
   path = workdir_lib.path(workdir, workdir_lib.METRICS)

@@ -26,13 +26,13 @@ import sys
 import time
 
 import numpy as np
-from accuracy import final_config, mean_std, slug
+from accuracy import final_config, final_workdir, game, mean_std
 from provenance import ROOT, header, provenance, write_results
 from scipy import stats
 
 from mscross import cli
 from mscross.retrieval import trained
-from mscross.training import runlog, trainer
+from mscross.training import trainer
 from mscross.training import workdir as workdir_lib
 
 FOLDS = 5
@@ -65,7 +65,7 @@ def probe_accuracy(embeddings: dict[str, np.ndarray], *, folds: int = FOLDS, see
 
 def run(method: str, spec: str, adversary: bool, args, log) -> dict:
   name = method if adversary else f"{method}/no-disc"
-  workdir = os.path.join(args.root, "final", name.replace("/", "_"), slug(spec))
+  workdir = final_workdir(args.root, name, spec)
   metrics_path = workdir_lib.path(workdir, workdir_lib.METRICS)
   if not os.path.exists(metrics_path):
     log(f"  {name}/{spec}: training {args.seeds} seed(s) from {args.seed}")
@@ -78,12 +78,9 @@ def run(method: str, spec: str, adversary: bool, args, log) -> dict:
     raise SystemExit(f"{workdir} holds {len(members)} members, not --seeds {args.seeds}")
   wd = trained.Workdir(workdir, retrieval="common")
   validation = wd.split("validation")
-  probes, discs = [], []
-  for m in range(wd.size):
-    probes.append(probe_accuracy(wd.member(m).embed(validation)))
-    game = runlog.game_state(workdir, m)
-    if game:
-      discs.append(game["last"]["val_disc_acc"])
+  probes = [probe_accuracy(wd.member(m).embed(validation)) for m in range(wd.size)]
+  played = game(workdir, members)
+  discs = [state["last"]["val_disc_acc"] for state in played["members"]] if played else []
   return {
     "workdir": workdir,
     "modalities": len(wd.spec.modalities),
