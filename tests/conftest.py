@@ -46,8 +46,60 @@ def _shipped_presets(request, monkeypatch):
 
 
 # The benchmark data: $MSCROSS_DATA_DIR, else the shared folder beside the checkout. Resolved,
-# because errors name the resolved folder and the data folder may be a link.
-DATA_DIR = Path(os.environ.get("MSCROSS_DATA_DIR") or REPO.parent / "shared" / "data").resolve()
+# because errors name the resolved folder and the data folder may be a link. Read once, here:
+# tests reach it only through the `data_dir` fixture.
+_BENCHMARK_DATA = Path(
+  os.environ.get(data.base.DATA_ENV) or REPO.parent / "shared" / "data"
+).resolve()
+
+
+def pytest_collection_modifyitems(config, items):
+  """A test that takes `data_dir` must say which files it reads (`@pytest.mark.data(...)`),
+  and a test marked `data` must take `data_dir`: the marker is what `-m data` and
+  `-m "not data"` select, and the fixture is what skips it on a machine without the files."""
+  for item in items:
+    marked = item.get_closest_marker("data") is not None
+    uses = "data_dir" in getattr(item, "fixturenames", ())
+    if marked != uses or (marked and not item.get_closest_marker("data").args):
+      raise pytest.UsageError(
+        f"{item.nodeid}: a test that reads the benchmark files takes the data_dir fixture and "
+        'is marked @pytest.mark.data("<dataset>/<file>", ...) with the files it needs'
+      )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_benchmark_data(tmp_path_factory):
+  """$MSCROSS_DATA_DIR names a folder that does not exist, whose name says why, from before any
+  fixture runs and in every subprocess: a test that reads the benchmark files other than through
+  `data_dir` fails loudly, here and in CI, instead of passing where the files happen to be and
+  failing on a fresh clone."""
+  nowhere = tmp_path_factory.getbasetemp() / "benchmark-files-only-through-the-data_dir-fixture"
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv(data.base.DATA_ENV, str(nowhere))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _benchmark_data_env(request, monkeypatch):
+  """The tests marked `data` see the benchmark folder as $MSCROSS_DATA_DIR too (their
+  subprocesses inherit it)."""
+  if request.node.get_closest_marker("data") is not None:
+    monkeypatch.setenv(data.base.DATA_ENV, str(_BENCHMARK_DATA))
+
+
+@pytest.fixture
+def data_dir(request) -> Path:
+  """The benchmark data folder, for a test marked `@pytest.mark.data(<relative paths>)`; skips,
+  naming what is missing, where those files or folders are absent (a fresh clone has none)."""
+  needed = request.node.get_closest_marker("data").args
+  missing = [name for name in needed if not (_BENCHMARK_DATA / name).exists()]
+  if missing:
+    pytest.skip(
+      f"needs the benchmark files {', '.join(missing)} in {_BENCHMARK_DATA} "
+      f"(set {data.base.DATA_ENV} to the folder that holds them)"
+    )
+  return _BENCHMARK_DATA
+
 
 NUM_CLASSES = 4
 # Input widths of the synthetic modalities.

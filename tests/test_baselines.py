@@ -2,9 +2,6 @@
 CCA, semantic matching against separately fitted logistic regressions, selection on validation
 only, K = 3 views, unlabelled data, and a smoke run on the real Wikipedia features."""
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -282,17 +279,11 @@ def test_deterministic():
     )
 
 
-DATA_DIR = os.environ.get("MSCROSS_DATA_DIR")
-
-
-@pytest.mark.skipif(
-  not (DATA_DIR and (Path(DATA_DIR) / "wikipedia" / "raw_features.mat").is_file()),
-  reason="MSCROSS_DATA_DIR does not point to a folder with wikipedia/raw_features.mat",
-)
-def test_wikipedia_smoke():
+@pytest.mark.data("wikipedia/raw_features.mat", "wikipedia/trainset_txt_img_cat.list")
+def test_wikipedia_smoke(data_dir):
   splits = {}
   for name in SPLITS:
-    split = load_split("wikipedia", name, DATA_DIR)
+    split = load_split("wikipedia", name, data_dir)
     # The project's Wikipedia transform: Hellinger map of the image histograms, text as is.
     features = {"image": np.sqrt(split.features["image"]), "text": split.features["text"]}
     splits[name] = Split(features, split.label, split.ids, split.class_names)

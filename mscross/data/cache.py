@@ -114,6 +114,8 @@ def prepare(
   wait and then read its result. `options` (the encoders of raw items) are part of the key.
   """
   options = options or raw.Options()
+  # A config mistake is named before the source is looked for: it holds whatever the folder.
+  builder_cls.encoded_modalities(options)
   files = builder_cls.source_files(source_dir, config_name)
   fingerprint = _fingerprint(builder_cls, config_name, source_dir, files, options)
   root = base.cache_root() / builder_cls.name / fingerprint

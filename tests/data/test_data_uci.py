@@ -1,19 +1,17 @@
-"""uci_mfeat/<views>: the real fou/kar/pix CSVs under shared/data, and broken synthetic copies."""
+"""uci_mfeat/<views>: the real fou/kar/pix CSVs (benchmark data), and broken synthetic copies."""
 
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA_DIR
 
 import mscross.data
 from mscross.data import dataset_modalities, load_split
 from mscross.errors import DataError
 
-needs_real_data = pytest.mark.skipif(
-  not (DATA_DIR / "uci_mfeat" / "mfeat-fou.csv").is_file(),
-  reason=f"UCI mfeat CSVs not found in {DATA_DIR / 'uci_mfeat'} (set MSCROSS_DATA_DIR)",
+needs_real_data = pytest.mark.data(
+  "uci_mfeat/mfeat-fou.csv", "uci_mfeat/mfeat-kar.csv", "uci_mfeat/mfeat-pix.csv"
 )
 DIMS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 
@@ -93,9 +91,9 @@ def test_any_combination_of_distinct_views_is_a_dataset():
 
 
 @needs_real_data
-def test_real_fou_pix():
+def test_real_fou_pix(data_dir):
   splits = {
-    split: load_split("uci_mfeat/fou_pix", split, DATA_DIR) for split in mscross.data.SPLITS
+    split: load_split("uci_mfeat/fou_pix", split, data_dir) for split in mscross.data.SPLITS
   }
   assert {k: len(v.ids) for k, v in splits.items()} == {
     "train": 1200,
@@ -115,19 +113,19 @@ def test_real_fou_pix():
     ids.extend(split.ids.astype(int))
   assert sorted(ids) == list(range(2000))
   # Raw values, rows aligned with the CSV through the ids.
-  fou = np.loadtxt(DATA_DIR / "uci_mfeat" / "mfeat-fou.csv", delimiter=",", skiprows=1)
+  fou = np.loadtxt(data_dir / "uci_mfeat" / "mfeat-fou.csv", delimiter=",", skiprows=1)
   test = splits["test"]
   np.testing.assert_allclose(test.features["fou"], fou[test.ids.astype(int), :-1], rtol=1e-6)
   np.testing.assert_array_equal(np.argmax(test.label, axis=1), fou[test.ids.astype(int), -1])
 
 
 @needs_real_data
-def test_real_three_views_share_the_pairs_split():
+def test_real_three_views_share_the_pairs_split(data_dir):
   # The split depends on the classes only: every view combination gets the same rows.
   for split in mscross.data.SPLITS:
-    three = load_split("uci_mfeat/pix_fou_kar", split, DATA_DIR)
-    pair = load_split("uci_mfeat/fou_pix", split, DATA_DIR)
-    other_pair = load_split("uci_mfeat/kar_fou", split, DATA_DIR)
+    three = load_split("uci_mfeat/pix_fou_kar", split, data_dir)
+    pair = load_split("uci_mfeat/fou_pix", split, data_dir)
+    other_pair = load_split("uci_mfeat/kar_fou", split, data_dir)
     assert three.modalities == ("pix", "fou", "kar")
     assert [a.shape[1] for a in three.features.values()] == [240, 76, 64]
     np.testing.assert_array_equal(three.ids, pair.ids)
@@ -139,9 +137,9 @@ def test_real_three_views_share_the_pairs_split():
 
 
 @needs_real_data
-def test_view_absent_from_the_release(tmp_path):
+def test_view_absent_from_the_release(data_dir):
   # fac exists as a config but is not in the shipped data.
-  assert_data_error(DATA_DIR, "uci_mfeat/fac_kar", "mfeat-fac.csv", str(DATA_DIR / "uci_mfeat"))
+  assert_data_error(data_dir, "uci_mfeat/fac_kar", "mfeat-fac.csv", str(data_dir / "uci_mfeat"))
 
 
 def test_synthetic_deterministic_cached_and_never_stale(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""wikipedia: the real release under shared/data, and broken synthetic copies of its layout."""
+"""wikipedia: the real release of the benchmark data, and broken synthetic copies of its layout."""
 
 import os
 import shutil
@@ -7,15 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from conftest import DATA_DIR
 
 import mscross.data
 from mscross.data import load_split
 from mscross.errors import DataError
 
-needs_real_data = pytest.mark.skipif(
-  not (DATA_DIR / "wikipedia" / "raw_features.mat").is_file(),
-  reason=f"real Wikipedia features not found in {DATA_DIR / 'wikipedia'} (set MSCROSS_DATA_DIR)",
+needs_real_data = pytest.mark.data(
+  "wikipedia/raw_features.mat",
+  "wikipedia/trainset_txt_img_cat.list",
+  "wikipedia/testset_txt_img_cat.list",
+  "wikipedia/categories.list",
 )
 
 TRAIN_CLASS_COUNTS = [138, 272, 244, 248, 202, 178, 186, 144, 214, 347]
@@ -59,8 +60,8 @@ def assert_data_error(root: Path, *fragments: str) -> None:
 
 
 @needs_real_data
-def test_real_release_splits_and_class_counts():
-  splits = {split: load_split("wikipedia", split, DATA_DIR) for split in mscross.data.SPLITS}
+def test_real_release_splits_and_class_counts(data_dir):
+  splits = {split: load_split("wikipedia", split, data_dir) for split in mscross.data.SPLITS}
   train, validation, test = splits["train"], splits["validation"], splits["test"]
   assert len(test.ids) == 693
   assert len(train.ids) + len(validation.ids) == 2173
@@ -88,9 +89,9 @@ def test_real_release_splits_and_class_counts():
     validation.label.sum(axis=0), np.array(TRAIN_CLASS_COUNTS) / 10, atol=1
   )
   # Test rows come in the official order.
-  features = scipy.io.loadmat(DATA_DIR / "wikipedia" / "raw_features.mat")
+  features = scipy.io.loadmat(data_dir / "wikipedia" / "raw_features.mat")
   np.testing.assert_allclose(test.features["image"], features["I_te"], rtol=1e-6)
-  first_line = (DATA_DIR / "wikipedia" / "testset_txt_img_cat.list").read_text().split("\n")[0]
+  first_line = (data_dir / "wikipedia" / "testset_txt_img_cat.list").read_text().split("\n")[0]
   assert test.ids[0] == "/".join(first_line.split("\t")[:2])
 
 
@@ -121,11 +122,11 @@ def test_synthetic_layout_deterministic_cached_and_never_stale(tmp_path, monkeyp
 
 
 @needs_real_data
-def test_copy_of_real_release_is_prepared_separately(tmp_path):
+def test_copy_of_real_release_is_prepared_separately(tmp_path, data_dir):
   # A different source folder must get its own cache entry even with identical files.
-  shutil.copytree(DATA_DIR / "wikipedia", tmp_path / "wikipedia")
+  shutil.copytree(data_dir / "wikipedia", tmp_path / "wikipedia")
   copy = load_split("wikipedia", "test", tmp_path)
-  original = load_split("wikipedia", "test", DATA_DIR)
+  original = load_split("wikipedia", "test", data_dir)
   np.testing.assert_array_equal(copy.features["image"], original.features["image"])
   np.testing.assert_array_equal(copy.ids, original.ids)
 

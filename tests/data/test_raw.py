@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 from conftest import (
-  DATA_DIR,
   ENCODE_CALLS,
   TINY_ENCODERS,
   TINY_IMAGE_DIM,
@@ -173,17 +172,24 @@ def test_malformed_manifest_is_one_line_naming_the_file(tmp_path, content, messa
 
 
 def test_encoders_only_for_raw_modalities(tmp_path):
+  # A config error, found before the source is looked for: the folder holds no Wikipedia.
   with pytest.raises(ConfigError, match="data.encoders.image: dataset 'wikipedia' has raw text"):
-    data.load_split("wikipedia", "train", DATA_DIR, data.Options(encoders={"image": "tiny_image"}))
+    data.load_split("wikipedia", "train", tmp_path, data.Options(encoders={"image": "tiny_image"}))
   with pytest.raises(ConfigError, match="'digits_halves' has no raw items"):
     data.load_split("digits_halves", "train", None, data.Options(encoders={"a": "tiny_text"}))
 
 
-@pytest.mark.skipif(not (DATA_DIR / "web_news").is_dir(), reason="no web_news data")
-def test_web_news_missing_images_are_skipped_and_listed(tmp_path):
+@pytest.mark.data(
+  "web_news/images",
+  "web_news/texts",
+  "web_news/categories.list",
+  "web_news/trainset_txt_img_cat.list",
+  "web_news/testset_txt_img_cat.list",
+)
+def test_web_news_missing_images_are_skipped_and_listed(tmp_path, data_dir):
   """The 10 listed images that web_news lacks, on a copy of its lists cut to those pairs and a
   few good ones (the real files, linked)."""
-  source = DATA_DIR / "web_news"
+  source = data_dir / "web_news"
   folder = tmp_path / "web_news"
   folder.mkdir()
   for name in ("images", "texts", "categories.list"):

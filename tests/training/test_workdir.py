@@ -334,14 +334,12 @@ def test_non_finite_transform_stops_before_training(tmp_path, env, reference):
   assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE]
 
 
-def test_non_finite_transform_on_wikipedia_names_the_per_modality_key(tmp_path, env):
-  data_dir = os.environ.get("MSCROSS_DATA_DIR")
-  if not data_dir or not os.path.isdir(os.path.join(data_dir, "wikipedia")):
-    pytest.skip("needs MSCROSS_DATA_DIR with the Wikipedia dataset")
+@pytest.mark.data("wikipedia/raw_features.mat", "wikipedia/trainset_txt_img_cat.list")
+def test_non_finite_transform_on_wikipedia_names_the_per_modality_key(tmp_path, env, data_dir):
   workdir = tmp_path / "wiki"
   # The preset sets data.powers.image (BoVW histograms, full of zeros); data.power is the text's.
   args = train_args("configs/default.py:dataset=wikipedia", data__powers__image=-2)
-  rc, out, err = run(env, workdir, *args)
+  rc, out, err = run({**env, "MSCROSS_DATA_DIR": str(data_dir)}, workdir, *args)
   assert rc == 2 and '"workdir"' not in out
   assert "Traceback" not in err
   # The first use prepares the dataset (its progress on stderr); the error is the last line.
