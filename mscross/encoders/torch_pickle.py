@@ -14,12 +14,20 @@ Both of PyTorch's layouts are read:
   storage as an 8-byte element count followed by its raw bytes;
 - the zip one (the default since 1.6): `<archive>/data.pkl` plus one `<archive>/data/<key>`
   entry of raw bytes per storage.
+
+A file is untrusted input in cost too: whatever it holds, reading it ends in a tensor dict or in
+one `DataError` line, in time and memory bounded by its size. `file_bounds` walks every pickle
+and checks every archive before anything is built; the checks here bound what is built from
+them: integers range-checked before any arithmetic, nesting and key length capped, a dict
+reached twice (a cycle) or two tensors under one key refused, and no tensor larger than the
+storage bytes it reads, nor all of them together more than twice the file's storages.
 """
 
 from __future__ import annotations
 
 import collections
 import io
+import math
 import os
 import pickle
 import sys
@@ -30,10 +38,19 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from mscross.errors import DataError, one_line
+from mscross.encoders import file_bounds
+from mscross.errors import DataError, one_line, printable, shown
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+# Dicts within dicts: a checkpoint nests a state dict in one or two ({"model": {...}}).
+MAX_DEPTH = 32
+# Characters of one joined state-dict key ("layer.0.attention.query.weight").
+MAX_KEY = 1000
+# Dimensions of a tensor (numpy's own limit).
+MAX_DIMS = 32
+# Sizes, strides and offsets: anything larger cannot address bytes of a real file.
+MAX_INDEX = 1 << 62
 
 # Element types of torch's typed storages, by their class name in the `torch` module.
 STORAGE_DTYPES = {
@@ -94,18 +111,22 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _index(value) -> bool:
+  return _is_int(value) and 0 <= value < MAX_INDEX
+
+
 def _int_tuple(value) -> bool:
-  return isinstance(value, tuple) and all(_is_int(v) and v >= 0 for v in value)
+  return isinstance(value, tuple) and len(value) <= MAX_DIMS and all(map(_index, value))
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
   # torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks[, meta])
   if not isinstance(storage, _Storage):
     raise pickle.UnpicklingError("a tensor whose storage is not a storage")
-  if not (_is_int(storage_offset) and storage_offset >= 0):
-    raise pickle.UnpicklingError(f"a tensor with storage offset {storage_offset!r}")
+  if not _index(storage_offset):
+    raise pickle.UnpicklingError(f"a tensor with storage offset {shown(storage_offset)}")
   if not (_int_tuple(size) and _int_tuple(stride) and len(size) == len(stride)):
-    raise pickle.UnpicklingError(f"a tensor with size {size!r} and stride {stride!r}")
+    raise pickle.UnpicklingError(f"a tensor with size {shown(size)} and stride {shown(stride)}")
   return _Tensor(storage, storage_offset, size, stride)
 
 
@@ -139,57 +160,76 @@ class _Unpickler(pickle.Unpickler):
         return _rebuild_parameter
       if module == "torch" and name in STORAGE_DTYPES:
         return _StorageType(name)
-    raise _Refused(f"{module}.{name}")
+    raise _Refused(f"{shown(module)}.{shown(name)}")
 
   def persistent_load(self, pid):
     if not self.allow_tensors:
       raise pickle.UnpicklingError("a storage reference where none belongs")
     # Legacy: ("storage", type, key, location, numel, view); zip: the same without the view.
     if not (isinstance(pid, tuple) and len(pid) in (5, 6) and pid[0] == "storage"):
-      raise pickle.UnpicklingError(f"an unknown persistent id {str(pid)[:80]!r}")
+      raise pickle.UnpicklingError(f"an unknown persistent id {shown(pid)}")
     storage_type, key, _location, numel = pid[1:5]
     view = pid[5] if len(pid) == 6 else None
     if not isinstance(storage_type, _StorageType):
-      raise pickle.UnpicklingError(f"storage {key!r} has no storage type")
-    if not isinstance(key, str) or not _is_int(numel) or numel < 0:
-      raise pickle.UnpicklingError(f"a malformed storage reference {str(pid)[:80]!r}")
+      raise pickle.UnpicklingError(f"storage {shown(key)} has no storage type")
+    if not isinstance(key, str) or not _index(numel):
+      raise pickle.UnpicklingError(f"a malformed storage reference {shown(pid)}")
     known = self.storages.setdefault(key, _Storage(key, storage_type.dtype, 0, None))
     if known.dtype != storage_type.dtype:
-      raise pickle.UnpicklingError(f"storage {key!r} is used with two element types")
+      raise pickle.UnpicklingError(f"storage {shown(key)} is used with two element types")
     if view is None:
       return known
     # Old files can point a tensor at a slice of a storage: (view key, offset, view size).
-    if (
-      not (isinstance(view, tuple) and len(view) == 3 and _is_int(view[1]) and _is_int(view[2]))
-      or min(view[1], view[2]) < 0
-    ):
-      raise pickle.UnpicklingError(f"a malformed storage view {str(view)[:80]!r}")
+    if not (isinstance(view, tuple) and len(view) == 3 and _index(view[1]) and _index(view[2])):
+      raise pickle.UnpicklingError(f"a malformed storage view {shown(view)}")
     return _Storage(key, storage_type.dtype, view[1], view[2])
 
 
-def _plain(file) -> Any:
-  """A pickle that may hold plain values only (numbers, strings, lists, dicts)."""
-  return _Unpickler(file, allow_tensors=False).load()
+def _unpickle(buffer: bytes, start: int, *, allow_tensors: bool = True):
+  """(object, unpickler, end) of the pickle at `buffer[start]`, walked by `file_bounds` before
+  it is unpickled. Without `allow_tensors` it may hold plain values only (numbers, strings,
+  lists, dicts)."""
+  end = file_bounds.scan_pickle(buffer, start)
+  unpickler = _Unpickler(io.BytesIO(buffer[start:end]), allow_tensors=allow_tensors)
+  return unpickler.load(), unpickler, end
 
 
-def _build(tensor: _Tensor, data: dict[str, np.ndarray]) -> np.ndarray:
-  storage = tensor.storage
+def _elements(tensor: _Tensor, available: int) -> int:
+  """The number of elements of `tensor`, after checking that they lie within the `available`
+  elements of its storage and that it reads each of them at most once over."""
+  shape, stride = tensor.shape, tensor.stride
+  count = math.prod(shape)
+  if count == 0:
+    return 0
+  last = tensor.offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
+  if last >= available:
+    raise DataError(
+      f"a tensor of shape {shape} reaches element {last:,} of storage "
+      f"{shown(tensor.storage.key)}, which has {available:,}"
+    )
+  if count > available:
+    raise DataError(
+      f"a tensor of shape {shape} with strides {stride} has {count:,} elements over the "
+      f"{available:,} of storage {shown(tensor.storage.key)}, which a state dict never holds"
+    )
+  return count
+
+
+def _storage_array(storage: _Storage, data: dict[str, np.ndarray]) -> np.ndarray:
   if storage.key not in data:
-    raise DataError(f"tensor data {storage.key!r} is missing")
+    raise DataError(f"tensor data {shown(storage.key)} is missing")
   flat = data[storage.key]
-  if storage.numel is not None:
-    if storage.offset + storage.numel > flat.size:
-      raise DataError(f"a view past the end of storage {storage.key!r}")
-    flat = flat[storage.offset : storage.offset + storage.numel]
+  if storage.numel is None:
+    return flat
+  if storage.offset + storage.numel > flat.size:
+    raise DataError(f"a view past the end of storage {shown(storage.key)}")
+  return flat[storage.offset : storage.offset + storage.numel]
+
+
+def _build(tensor: _Tensor, flat: np.ndarray) -> np.ndarray:
   shape, stride = tensor.shape, tensor.stride
   if 0 in shape:
     return np.zeros(shape, flat.dtype)
-  last = tensor.offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
-  if last >= flat.size:
-    raise DataError(
-      f"a tensor of shape {shape} reaches element {last} of storage {storage.key!r}, which has "
-      f"{flat.size}"
-    )
   if not shape:
     # as_strided takes an empty shape for "no shape given", so a scalar is sliced out instead.
     return flat[tensor.offset : tensor.offset + 1].reshape(()).copy()
@@ -200,96 +240,139 @@ def _build(tensor: _Tensor, data: dict[str, np.ndarray]) -> np.ndarray:
   return np.ascontiguousarray(view)
 
 
-def _native(raw: bytes, dtype: np.dtype, order: str) -> np.ndarray:
-  array = np.frombuffer(raw, dtype)
+def _build_all(tensors: dict[str, _Tensor], data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The arrays of `tensors`, every one checked before any is built. A tensor named twice (tied
+  weights) is built once; all of them together may hold at most twice the storages' bytes (a
+  tensor and views of it), so a small file cannot ask for many copies of a large storage."""
+  plans: dict[tuple, tuple[_Tensor, np.ndarray]] = {}
+  total = 0
+  for tensor in tensors.values():
+    flat = _storage_array(tensor.storage, data)
+    storage = tensor.storage
+    ident = (storage.key, storage.offset, storage.numel, tensor.offset, tensor.shape, tensor.stride)
+    if ident not in plans:
+      total += _elements(tensor, flat.size) * flat.dtype.itemsize
+      plans[ident] = (tensor, flat)
+  budget = 2 * sum(a.nbytes for a in data.values()) + (1 << 20)
+  if total > budget:
+    raise DataError(
+      f"its tensors would take {total:,} bytes from {budget // 2:,} bytes of storages: views "
+      "that repeat their storages, which a state dict never needs"
+    )
+  built = {ident: _build(tensor, flat) for ident, (tensor, flat) in plans.items()}
+  out = {}
+  for key, tensor in tensors.items():
+    storage = tensor.storage
+    out[key] = built[
+      (storage.key, storage.offset, storage.numel, tensor.offset, tensor.shape, tensor.stride)
+    ]
+  return out
+
+
+def _native(buffer: bytes, dtype: np.dtype, order: str, offset: int = 0, count: int = -1):
+  array = np.frombuffer(buffer, dtype, count, offset)
   return array.byteswap() if order != sys.byteorder and dtype.itemsize > 1 else array
 
 
-def _collect(obj, prefix: str, out: dict[str, _Tensor]) -> None:
+def _collect(obj, prefix: str, out: dict[str, _Tensor], seen: set[int], depth: int = 0) -> None:
   # State dicts are flat, but checkpoints often nest them ({"state_dict": ..., "epoch": 3}):
   # nested keys are joined with "." and values other than tensors and dicts are left out.
+  where = prefix[:-1] or "the object"
   if isinstance(obj, dict):
+    if id(obj) in seen:
+      raise DataError(
+        f"{shown(where)} is a dict met twice (it holds itself, or sits under two keys)"
+      )
+    if depth >= MAX_DEPTH:
+      raise DataError(f"dicts nested more than {MAX_DEPTH} deep at {shown(where)}")
+    seen.add(id(obj))
     for key, value in obj.items():
       if not isinstance(key, str):
-        raise DataError(f"a key that is not a string: {str(key)[:80]!r}")
-      _collect(value, f"{prefix}{key}.", out)
+        raise DataError(f"a key that is not a string: {shown(key)}")
+      name = prefix + key
+      if len(name) > MAX_KEY:
+        raise DataError(f"a key of {len(name):,} characters (at most {MAX_KEY}): {shown(name)}")
+      _collect(value, f"{name}.", out, seen, depth + 1)
   elif isinstance(obj, _Tensor):
-    out[prefix[:-1]] = obj
+    if where in out:
+      raise DataError(f"two tensors under the key {shown(where)}")
+    out[where] = obj
   elif not (obj is None or isinstance(obj, (bool, int, float, str))):
-    raise DataError(f"{prefix[:-1] or 'the object'} is a {type(obj).__name__}, not a tensor")
+    raise DataError(f"{shown(where)} is a {type(obj).__name__}, not a tensor")
 
 
-def _read_legacy(f, size: int) -> tuple[Any, dict[str, _Storage], dict[str, np.ndarray]]:
+def _read_legacy(buffer: bytes) -> tuple[Any, dict[str, np.ndarray]]:
   try:
-    magic = _plain(f)
+    magic, _, pos = _unpickle(buffer, 0, allow_tensors=False)
   except _Refused:
     raise
-  except Exception as exc:
-    raise DataError("not a PyTorch weight file (neither a zip archive nor a pickle)") from exc
+  except (DataError, *_MALFORMED) as exc:
+    raise DataError(
+      f"not a PyTorch weight file (neither a zip archive nor a pickle: {one_line(exc)})"
+    ) from exc
   if magic != LEGACY_MAGIC:
     raise DataError("not a PyTorch weight file (a pickle without torch's magic number)")
-  protocol = _plain(f)
+  protocol, _, pos = _unpickle(buffer, pos, allow_tensors=False)
   if protocol != LEGACY_PROTOCOL:
-    raise DataError(f"unsupported legacy protocol version {protocol!r}")
-  sys_info = _plain(f)
+    raise DataError(f"unsupported legacy protocol version {shown(protocol)}")
+  sys_info, _, pos = _unpickle(buffer, pos, allow_tensors=False)
   order = (
     "little" if not isinstance(sys_info, dict) or sys_info.get("little_endian", True) else "big"
   )
-  unpickler = _Unpickler(f)
-  obj = unpickler.load()
-  keys = _plain(f)
+  obj, unpickler, pos = _unpickle(buffer, pos)
+  keys, _, pos = _unpickle(buffer, pos, allow_tensors=False)
   if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
     raise DataError("malformed list of storage keys")
   data: dict[str, np.ndarray] = {}
   for key in keys:
     # torch lists exactly the storages the pickle referenced; for any other one the element
     # size, and so where the next storage starts, would be unknown.
-    if key not in unpickler.storages:
-      raise DataError(f"storage {key!r} is listed but no tensor uses it")
+    if key not in unpickler.storages or key in data:
+      raise DataError(f"storage {shown(key)} is listed but no tensor uses it, or listed twice")
     dtype = unpickler.storages[key].dtype
-    header = f.read(8)
-    if len(header) < 8:
-      raise DataError(f"truncated: storage {key!r} is missing")
-    numel = int.from_bytes(header, order)
-    nbytes = numel * dtype.itemsize
-    left = size - f.tell()
+    if len(buffer) - pos < 8:
+      raise DataError(f"truncated: storage {shown(key)} is missing")
+    numel = int.from_bytes(buffer[pos : pos + 8], order)
+    pos += 8
+    nbytes, left = numel * dtype.itemsize, len(buffer) - pos
     if nbytes > left:
-      raise DataError(f"truncated: storage {key!r} needs {nbytes:,} bytes, {left:,} are left")
-    data[key] = _native(f.read(nbytes), dtype, order)
-  return obj, unpickler.storages, data
+      raise DataError(f"truncated: storage {shown(key)} needs {nbytes:,} bytes, {left:,} are left")
+    data[key] = _native(buffer, dtype, order, pos, numel)
+    pos += nbytes
+  return obj, data
 
 
-def _read_zip(path: Path) -> tuple[Any, dict[str, _Storage], dict[str, np.ndarray]]:
-  with zipfile.ZipFile(path) as archive:
+def _read_zip(handle, size: int) -> tuple[Any, dict[str, np.ndarray]]:
+  file_bounds.check_entry_count(handle, size)
+  with zipfile.ZipFile(handle) as archive:
+    file_bounds.check_zip(archive, handle, size)
     pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") and n.count("/") == 1]
     if len(pickles) != 1:
       raise DataError("a zip archive without exactly one <archive>/data.pkl (not a torch file)")
     prefix = pickles[0][: -len("data.pkl")]
     order = "little"
     if f"{prefix}byteorder" in archive.namelist():
-      order = archive.read(f"{prefix}byteorder").decode("ascii", "replace").strip()
+      order = archive.read(f"{prefix}byteorder")[:16].decode("ascii", "replace").strip()
       if order not in ("little", "big"):
-        raise DataError(f"unknown byte order {order[:20]!r}")
-    unpickler = _Unpickler(io.BytesIO(archive.read(pickles[0])))
-    obj = unpickler.load()
+        raise DataError(f"unknown byte order {shown(order)}")
+    obj, unpickler, _ = _unpickle(archive.read(pickles[0]), 0)
     data: dict[str, np.ndarray] = {}
     for key, storage in unpickler.storages.items():
       try:
         info = archive.getinfo(f"{prefix}data/{key}")
       except KeyError:
-        raise DataError(f"tensor data {key!r} is missing from the archive") from None
-      # torch stores tensor data uncompressed (so it can map it); refusing compressed entries
-      # rules out a small file that inflates to an enormous one.
-      if info.compress_type != zipfile.ZIP_STORED:
-        raise DataError(f"tensor data {key!r} is compressed, which torch never writes")
+        raise DataError(f"tensor data {shown(key)} is missing from the archive") from None
       raw = archive.read(info)
       if len(raw) % storage.dtype.itemsize:
-        raise DataError(f"tensor data {key!r} is not a whole number of {storage.dtype} elements")
+        raise DataError(
+          f"tensor data {shown(key)} is not a whole number of {storage.dtype} elements"
+        )
       data[key] = _native(raw, storage.dtype, order)
-  return obj, unpickler.storages, data
+  return obj, data
 
 
-# What a malformed pickle or archive raises on its way to a (refused or failed) load.
+# What a malformed pickle or archive raises on its way to a (refused or failed) load; the checks
+# of `file_bounds` keep the allocations, decompressors and decryption that raise others away.
 _MALFORMED = (
   pickle.UnpicklingError,
   EOFError,
@@ -300,6 +383,8 @@ _MALFORMED = (
   KeyError,
   OverflowError,
   RecursionError,
+  NotImplementedError,
+  RuntimeError,
   zipfile.BadZipFile,
 )
 
@@ -308,32 +393,40 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """The tensors of the PyTorch weight file `path` (legacy or zip layout), by state-dict key.
 
   Nested dicts are flattened with "." ("state_dict.fc.weight"); values that are neither tensors
-  nor dicts (an epoch number, say) are left out.
+  nor dicts (an epoch number, say) are left out. Tensors that are the same view of the same
+  storage (tied weights) are one array.
 
   Raises:
-    DataError: the file is missing, not a torch file, truncated or inconsistent, or its pickle
-      names anything beyond what a state dict needs (it could run code: it is not loaded).
+    DataError (one printable line): the file is missing, not a torch file, truncated or
+      inconsistent, larger in what it asks for than its bytes can back, or its pickle names
+      anything beyond what a state dict needs (it could run code: it is not loaded).
   """
   path = Path(path)
   try:
     if not path.is_file():
       raise DataError("no such file")
-    if zipfile.is_zipfile(path):
-      obj, storages, data = _read_zip(path)
-    else:
-      with open(path, "rb") as f:
-        obj, storages, data = _read_legacy(f, os.fstat(f.fileno()).st_size)
+    with open(path, "rb") as handle:
+      size = os.fstat(handle.fileno()).st_size
+      if zipfile.is_zipfile(handle):
+        obj, data = _read_zip(handle, size)
+      else:
+        handle.seek(0)
+        obj, data = _read_legacy(handle.read())
     if not isinstance(obj, dict):
       raise DataError(f"holds a {type(obj).__name__}, not a state dict")
     tensors: dict[str, _Tensor] = {}
-    _collect(obj, "", tensors)
-    return {key: _build(tensor, data) for key, tensor in tensors.items()}
+    _collect(obj, "", tensors, set())
+    return _build_all(tensors, data)
   except DataError as exc:
-    raise DataError(f"{path}: {exc}") from exc.__cause__
+    raise DataError(printable(f"{path}: {exc}")) from exc.__cause__
   except _Refused as exc:
     raise DataError(
-      f"{path}: refused to load: its pickle names {exc}, which a state dict never needs (a "
-      "weight file can run code this way)"
+      printable(
+        f"{path}: refused to load: its pickle names {exc}, which a state dict never needs (a "
+        "weight file can run code this way)"
+      )
     ) from None
-  except _MALFORMED as exc:
-    raise DataError(f"{path}: not a readable PyTorch weight file ({one_line(exc)})") from exc
+  except (*_MALFORMED, OSError) as exc:
+    raise DataError(
+      printable(f"{path}: not a readable PyTorch weight file ({one_line(exc)})")
+    ) from exc

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from test_torch_pickle import dict_opcodes, legacy_file, tensor_opcodes
+from torch_files import dict_opcodes, legacy_file, tensor_opcodes
 
 from mscross import encoders
 from mscross.encoders import efficientnet, weights
