@@ -302,7 +302,11 @@ def _tiny_image() -> encoders.Model:
 def _tiny_text() -> encoders.Model:
   def prepare(text):
     ENCODE_CALLS["text"] += 1
-    return {"ids": np.asarray([ord(ch) % TINY_TEXT_DIM for ch in text], np.int32)}
+    return {
+      "ids": np.asarray([ord(ch) % TINY_TEXT_DIM for ch in text], np.int32),
+      # Its "vocabulary" is ASCII: every other character counts as an unknown token.
+      "unknown": np.int32(sum(ord(ch) > 127 for ch in text)),
+    }
 
   def apply(params, batch):
     counts = jax.nn.one_hot(batch["ids"], TINY_TEXT_DIM) * batch["mask"][..., None]
@@ -314,6 +318,7 @@ def _tiny_text() -> encoders.Model:
     collate=encoders.pad_collate(),
     apply=apply,
     fingerprint="tiny_text-1",
+    unknown_tokens=lambda prepared: (int(prepared["unknown"]), len(prepared["ids"])),
   )
 
 

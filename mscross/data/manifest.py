@@ -21,6 +21,7 @@ For example (manifest.csv):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, ClassVar
@@ -98,8 +99,9 @@ def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], boo
   pairs = []
   for number, row in rows:
     where = f"{path}:{number}"
-    split = _field(row, "split") or "train"
-    if split not in base.SPLITS:
+    # Without a split column the split is drawn after encoding: a pair skipped before has none.
+    split = _field(row, "split") if has_split else "-"
+    if has_split and split not in base.SPLITS:
       raise DataError(f"{where}: split {split!r}; use one of {', '.join(base.SPLITS)}")
     image = _field(row, "image")
     text: Path | str = _field(row, "text")
@@ -175,6 +177,12 @@ class Manifest(base.PairedBuilder, skip_registration=True):
         train, rest = base.holdout(np.arange(len(kept)), 0.4, None, str(path))
         validation, test = base.holdout(rest, 0.5, None, str(path))
         indices = {"train": train, "validation": validation, "test": test}
+      # The items kept with a note (an image converted to RGB) now have a split to name.
+      split_of = {str(whole.ids[row]): split for split, rows in indices.items() for row in rows}
+      self._problems = [
+        dataclasses.replace(p, split=split_of[p.id]) if p.action == "converted" else p
+        for p in self._problems
+      ]
       return {split: base.subset(whole, rows) for split, rows in indices.items()}
     splits = {}
     for split in base.SPLITS:

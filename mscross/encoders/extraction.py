@@ -45,8 +45,10 @@ def embed(
   batch_size: int = 32,
   desc: str = "encoding",
   progress: bool = True,
-) -> tuple[np.ndarray, dict[int, str]]:
-  """Encodes every item; returns (float32 [N, dim] features, {row: reason} of unreadable items).
+) -> tuple[np.ndarray, dict[int, str], tuple[int, int]]:
+  """Encodes every item; returns (float32 [N, dim] features, {row: reason} of unreadable items,
+  (tokens unknown to the encoder's vocabulary, tokens) over the items, (0, 0) for an encoder
+  without `unknown_tokens`).
 
   Args:
     model: a loaded encoder (`Encoder.load()`).
@@ -63,6 +65,7 @@ def embed(
   batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
   failures: dict[int, str] = {}
   rows: list[np.ndarray] = []
+  unknown, tokens = 0, 0
   # Two host workers: one reads ahead while the other's batch is encoded.
   workers = max(1, min(4, (os.cpu_count() or 1)))
   bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, smoothing=0.1)
@@ -74,6 +77,10 @@ def embed(
         pending.append(pool.submit(_prepare_all, model, read, batches[index + 2]))
       start = index * batch_size
       good = [p for p in prepared if not isinstance(p, BadInput)]
+      if model.unknown_tokens is not None:
+        for p in good:
+          u, t = model.unknown_tokens(p)
+          unknown, tokens = unknown + u, tokens + t
       for offset, p in enumerate(prepared):
         if isinstance(p, BadInput):
           failures[start + offset] = one_line(p)
@@ -93,4 +100,4 @@ def embed(
   for index, r in enumerate(rows):
     if r.shape[1]:
       features[index * batch_size : index * batch_size + len(r)] = r
-  return features, failures
+  return features, failures, (unknown, tokens)

@@ -203,8 +203,14 @@ def minilm() -> registry.Model:
   tok = tokenizer(zip_path)
   module = MiniLM()
 
+  unknown = tok.token_to_id("[UNK]")
+
   def prepare(text: str) -> dict[str, np.ndarray]:
     return {"ids": np.asarray(tok.encode(text).ids, np.int32)}
+
+  def unknown_tokens(prepared: dict[str, np.ndarray]) -> tuple[int, int]:
+    words = prepared["ids"][1:-1]  # without [CLS] and [SEP]
+    return int((words == unknown).sum()), len(words)
 
   def apply(params: Any, batch: dict[str, Any]) -> jax.Array:
     ids, mask = batch["ids"], batch["mask"]
@@ -223,4 +229,5 @@ def minilm() -> registry.Model:
     collate=registry.pad_collate(pad_id=tok.token_to_id("[PAD]")),
     apply=apply,
     fingerprint=fingerprint,
+    unknown_tokens=unknown_tokens,
   )

@@ -25,7 +25,9 @@ after which `data.encoders.text=my_text` selects it. What the loader's `Model` m
 - `collate(list of dicts)`: one batch, a dict of arrays with a leading batch axis;
 - `apply(params, batch)`: a jit-able function returning float32 [B, dim];
 - `fingerprint`: a string naming the weights and the code version; caches of extracted
-  features are keyed by it.
+  features are keyed by it;
+- optionally `unknown_tokens(prepared)`: for a text encoder with a fixed vocabulary, (tokens
+  of one prepared item its vocabulary lacks, tokens): texts it mostly cannot read are named.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Model:
   collate: Callable[[Sequence[dict[str, np.ndarray]]], dict[str, np.ndarray]]
   apply: Callable[[Any, dict[str, Any]], Any]
   fingerprint: str
+  unknown_tokens: Callable[[dict[str, np.ndarray]], tuple[int, int]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

