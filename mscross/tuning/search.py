@@ -19,6 +19,11 @@
   reproducible.
 * The best trial's config, as the study has it, is written to `best_config.json` (which
   `train.py --config` reads), and every finished trial to `trials.jsonl`.
+* A group trains in `<workdir>/groups/<study key>/g<lead trial>`: its checkpoints belong to one
+  study (a key drawn when the study is created) and one group of trials, so a workdir reused
+  for another study never resumes the first one's checkpoints.
+* A worker that stalled (stopped, cut off) long enough for another to take its trials over
+  says so in one line when it comes back, drops that group's work and goes on with the study.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import uuid
 import warnings
 
 from mscross import atomic, methods
@@ -36,6 +42,11 @@ from mscross.training import trainer
 from mscross.tuning import storage as storage_lib
 
 BEST_CONFIG, TRIALS = "best_config.json", "trials.jsonl"
+GROUPS, GROUP_FILE = "groups", "group.json"
+
+
+class _TakenOver(Exception):
+  """The group's trials were finished by another worker, which took this one for dead."""
 
 
 def open_study(workdir: str, config, *, storage: str | None = None, seed: int = 0, progress=None):
@@ -57,6 +68,8 @@ def open_study(workdir: str, config, *, storage: str | None = None, seed: int = 
     )
     workers = int(study.user_attrs.get("workers", 0))
     study.set_user_attr("workers", workers + 1)
+    if "key" not in study.user_attrs:
+      study.set_user_attr("key", uuid.uuid4().hex[:12])
     stored = study.user_attrs.get("base_config")
     if stored is None:
       study.set_user_attr("base_config", config_lib.to_json(config))
@@ -193,24 +206,56 @@ def tune(
   return study
 
 
+def group_dir(workdir: str, study, trials, progress) -> str:
+  """The folder of a group's run, keyed by the study and the group's lead trial, and marked with
+  both: a folder there that another study or group left (copied in, say) is moved aside, said
+  in one line, and the group starts afresh."""
+  key = study.user_attrs["key"]
+  run_dir = os.path.join(workdir, GROUPS, key, f"g{trials[0].number:04d}")
+  owner = {"study": key, "trials": [t.number for t in trials]}
+  marker = os.path.join(run_dir, GROUP_FILE)
+  if os.path.isdir(run_dir):
+    try:
+      with open(marker) as f:
+        found = json.load(f)
+    except (OSError, ValueError):
+      found = None
+    if found != owner:
+      aside = f"{run_dir}.foreign-{uuid.uuid4().hex[:6]}"
+      os.rename(run_dir, aside)
+      progress(f"{run_dir} held another study's or group's run; moved to {aside}, starting afresh")
+  os.makedirs(run_dir, exist_ok=True)
+  atomic.write_text(marker, json.dumps(owner))
+  return run_dir
+
+
 def _run_group(study, config, method, group, workdir, recovery_seconds, again, progress) -> None:
   import optuna
 
   select = config.eval.select_metric
   trials_of = [t for t, _ in group]
-  run_dir = os.path.join(workdir, "groups", f"g{trials_of[0].number:04d}")
+  run_dir = group_dir(workdir, study, trials_of, progress)
   pruned = [False] * len(group)
 
   def on_evaluation(step, val):
     mask = []
     for i, (t, v) in enumerate(zip(trials_of, val, strict=True)):
       if v is not None and not pruned[i]:
-        again(lambda t=t, v=v: t.report(v[select], step))
+        try:
+          again(lambda t=t, v=v: t.report(v[select], step))
+        except optuna.exceptions.UpdateFinishedTrialError as e:
+          raise _TakenOver from e
         pruned[i] = again(t.should_prune)
       mask.append(pruned[i])
     return mask
 
   beat = storage_lib.Heartbeat(trials_of, max(recovery_seconds / 10, 0.5))
+  first, last = trials_of[0].number, trials_of[-1].number
+  which = f"trial {first} was" if first == last else f"trials {first}-{last} were"
+  taken_over = (
+    f"{which} taken over by another worker while this one was stalled (its "
+    f"heartbeat silent for over {recovery_seconds:g} s); dropping their work and going on"
+  )
   try:
     with beat:
       result = trainer.train_and_evaluate(
@@ -219,6 +264,10 @@ def _run_group(study, config, method, group, workdir, recovery_seconds, again, p
         evaluate_test=False,
         on_evaluation=on_evaluation,
       )
+  except _TakenOver:
+    progress(taken_over)
+    again(lambda: storage_lib.release(study, trials_of))
+    return
   except trainer.TrainingDiverged:
     for t in trials_of:
       again(lambda t=t: study.tell(t, state=optuna.trial.TrialState.FAIL))
@@ -237,7 +286,13 @@ def _run_group(study, config, method, group, workdir, recovery_seconds, again, p
       else:
         study.tell(t, member["val"][select], skip_if_finished=True)
 
-    again(record)
+    try:
+      again(record)
+    except optuna.exceptions.UpdateFinishedTrialError:
+      # Taken over after its last evaluation: the other worker's result stands.
+      progress(taken_over)
+      again(lambda: storage_lib.release(study, trials_of))
+      return
 
 
 def summary(study) -> str:

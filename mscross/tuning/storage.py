@@ -236,11 +236,31 @@ def recover(study, *, recovery_seconds: float = DEFAULT_RECOVERY_SECONDS) -> lis
     started = (t.datetime_start or datetime.datetime.now()).timestamp()
     beat = float(t.user_attrs.get("heartbeat", started))
     if not worker or _ended_here(worker) or now - beat > recovery_seconds:
-      study.tell(t.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-      if t.params:
-        study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
+      _run_again(study, t.number, t.params)
       dead.append(t.number)
   return dead
+
+
+def release(study, trials) -> list[int]:
+  """Fails and queues again those of `trials` that are still RUNNING (a group this worker
+  drops); returns their numbers. The others are finished already, by whoever took them."""
+  import optuna
+
+  running = optuna.trial.TrialState.RUNNING
+  still = {t.number for t in study.get_trials(deepcopy=False, states=(running,))}
+  released = [t for t in trials if t.number in still]
+  for t in released:
+    _run_again(study, t.number, t.params)
+  return [t.number for t in released]
+
+
+def _run_again(study, number: int, params: dict) -> None:
+  """Marks trial `number` failed and queues its parameters as a new trial."""
+  import optuna
+
+  study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+  if params:
+    study.enqueue_trial(params, user_attrs={"rerun_of": number}, skip_if_exists=False)
 
 
 class Heartbeat:

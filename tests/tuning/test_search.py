@@ -8,13 +8,14 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO
 
 from mscross import config as config_lib
 from mscross import data, dotted, methods, presets, tuning
-from mscross.tuning import storage
+from mscross.tuning import search, storage
 
 TINY = {
   "train.steps": 20,
@@ -55,9 +56,10 @@ def sweep(tmp_path_factory):
 def test_a_sweep_never_reads_nor_scores_the_test_split(sweep):
   workdir, _, seen = sweep
   assert "test" not in seen and "validation" in seen
-  for group in os.listdir(os.path.join(workdir, "groups")):
-    with open(os.path.join(workdir, "groups", group, "metrics.json")) as f:
-      metrics = json.load(f)
+  groups = sorted(Path(workdir, search.GROUPS).glob("*/g*"))
+  assert len(groups) == 2
+  for group in groups:
+    metrics = json.loads((group / "metrics.json").read_text())
     assert "test" not in metrics and all("test" not in m for m in metrics["members"])
 
 

@@ -3,6 +3,7 @@ exactly the trials asked for, none run twice; a worker killed mid-trial; the ser
 under a worker; and a storage that cannot be opened."""
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,55 @@ def test_a_server_restart_under_a_worker_is_said_and_survived(postgres_server, t
   c = tuning.counts(load(url))
   print(f"server restart: 2 trials asked, {c}; the worker said: {lost[0]}")
   assert c.get("complete", 0) + c.get("pruned", 0) == 2 and not c.get("running"), c
+
+
+def test_a_paused_worker_whose_trials_were_taken_over_says_so_and_goes_on(
+  postgres_server, tmp_path
+):
+  url = postgres_server.create_database("paused")
+  # Long enough trials that the paused worker still has evaluations to report when it is back.
+  longer = ("--config.train.steps=300", "--recovery_seconds=4")
+  paused = start(tune_cmd(tmp_path / "a", url, 2, 1, *longer))
+  first = wait_for(url, lambda t: t.state.name == "RUNNING" and "heartbeat" in t.user_attrs, paused)
+  os.kill(paused.pid, signal.SIGSTOP)
+  try:
+    time.sleep(6)  # its heartbeat falls silent for longer than --recovery_seconds
+    other = subprocess.run(
+      tune_cmd(tmp_path / "b", url, 2, 1, *longer),
+      cwd=REPO,
+      env=ENV,
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
+    assert other.returncode == 0, other.stderr[-2000:]
+    assert load(url).trials[first.number].state.name == "FAIL"  # taken over
+  finally:
+    os.kill(paused.pid, signal.SIGCONT)
+  out, err = paused.communicate(timeout=900)
+  print(f"paused worker said: {out[-600:]}")
+  assert paused.returncode == 0 and "Traceback" not in out + err, err[-3000:]
+  said = [line for line in (out + err).splitlines() if "taken over by another worker" in line]
+  assert len(said) == 1 and f"trial {first.number} was taken over" in said[0], out + err
+  c = tuning.counts(load(url))
+  print(f"paused worker: 2 trials asked, {c}")
+  assert c.get("complete", 0) + c.get("pruned", 0) == 2 and c.get("fail") == 1, c
+  assert not c.get("running") and not c.get("waiting") and c["rerun"] == 1, c
+
+
+def test_a_workdir_reused_for_another_study_never_resumes_its_runs(postgres_server, tmp_path):
+  workdir = tmp_path / "reused"
+  run_dirs = []
+  for name in ("first_study", "second_study"):
+    url = postgres_server.create_database(name)
+    proc = subprocess.run(
+      tune_cmd(workdir, url, 1), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # The same seeded sampler proposes the same first trial to both studies.
+    assert "resuming from step" not in proc.stdout + proc.stderr, proc.stderr[-2000:]
+    run_dirs.append(load(url).trials[0].user_attrs["run_dir"])
+  assert run_dirs[0] != run_dirs[1] and all(str(workdir) in d for d in run_dirs)
 
 
 @pytest.mark.parametrize("wrong", ["password", "database", "port", "driver"])
