@@ -9,7 +9,7 @@ encoders of `data.encoders`, and the extraction is cached like every dataset pre
         --config.data.data_dir=my_photos --out features/my_photos
 
 Prints a JSON line: rows per split, feature widths, pairs skipped. Kept short on purpose: the
-logic lives in `mscross.data` (`load_split`, `export.write_features`).
+logic lives in `mscross.data` (`export.write_features`) and `mscross.runs.inputs`.
 """
 
 import json
@@ -30,11 +30,11 @@ def main(argv):
 
   def go():
     from mscross.data import export
-    from mscross.training import input_pipeline
+    from mscross.runs import inputs
 
     config = _CONFIG.value
-    splits = input_pipeline.load_raw(config)
-    summary = export.write_features(splits, input_pipeline.load_problems(config), _OUT.value)
+    splits, problems = inputs.DataSource.of(config).load()
+    summary = export.write_features(splits, problems, _OUT.value)
     print(json.dumps({"dataset": config.data.name, "out": _OUT.value, **summary}))
 
   sys.exit(cli.run(go))

@@ -60,14 +60,16 @@ def main(argv):
       num_processes=_NUM_PROCESSES.value,
       process_id=_PROCESS_ID.value,
     )
-  cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
+  programs = cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join(
     "runs", f"{config.method}_{config.data.name.replace('/', '_')}"
   )
 
   def go():
-    result = trainer.train_and_evaluate(config, workdir, allow_config_change=_ALLOW_CHANGE.value)
+    result = trainer.train_and_evaluate(
+      config, workdir, allow_config_change=_ALLOW_CHANGE.value, program_cache=programs
+    )
     if jax.process_index() != 0:
       return
     line = {"workdir": workdir, "best_step": [m["best_step"] for m in result["members"]]}

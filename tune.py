@@ -47,17 +47,18 @@ def main(argv):
   def go():
     from mscross import tuning
 
-    cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
+    programs = cli.enable_compilation_cache(cli.COMPILATION_CACHE.value)
     study = tuning.tune(
       _CONFIG.value,
       _WORKDIR.value,
+      program_cache=programs,
       trials=_TRIALS.value,
       population=_POPULATION.value,
       storage=_STORAGE.value,
       seed=_SEED.value,
       recovery_seconds=_RECOVERY.value,
     )
-    print(tuning.summary(study))
+    print(tuning.study_summary(study))
     if not tuning.counts(study).get("complete"):
       print("no trial completed (every one was pruned or failed)", file=sys.stderr)
       return 1

@@ -52,11 +52,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import accuracy_report  # noqa: E402
 import provenance as provenance_lib  # noqa: E402
 
-from mscross import baselines, dotted, methods, presets, tuning  # noqa: E402
+from mscross import baselines, dotted, methods, metrics, presets, tuning  # noqa: E402
 from mscross.presets import store  # noqa: E402
 from mscross.retrieval import trained  # noqa: E402
-from mscross.training import evaluation, input_pipeline, runlog, trainer  # noqa: E402
-from mscross.training import workdir as workdir_lib  # noqa: E402
+from mscross.runs import inputs, layout  # noqa: E402
+from mscross.training import trainer  # noqa: E402
 
 # Wikipedia twice: its shallow features, and its texts through the text encoder that did best
 # there in bench/linear_probe.py and bench/deep_features.py (WordLlama).
@@ -160,6 +160,7 @@ def tune_cell(method, spec, args, prov, log) -> dict:
     population=args.population,
     seed=0,
     progress=lambda line: log(f"  {method}/{spec} {line}"),
+    program_cache=args.program_cache,
   )
   done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
   counts = {s: sum(t.state.name == s for t in done) for s in ("COMPLETE", "PRUNED", "FAIL")}
@@ -207,7 +208,7 @@ def train_command(method, spec, overrides: dict, *, seeds: int, seed: int, workd
 
 def game(workdir: str, members: list[dict]) -> dict | None:
   """Each member's game at its last evaluation and at its selected step."""
-  states = [runlog.game_state(workdir, m["member"], m["best_step"]) for m in members]
+  states = [layout.game_state(workdir, m["member"], m["best_step"]) for m in members]
   states = [s for s in states if s]
   if not states:
     return None
@@ -231,12 +232,12 @@ def run_cell(name, method, spec, args, overrides, *, prov, log, seeds, seed) -> 
   workdir = final_workdir(args.root, name, spec)
   if seed == 0:
     workdir = os.path.join(args.root, "preset_seed0", method, slug(spec))
-  path = workdir_lib.path(workdir, workdir_lib.METRICS)
+  path = layout.path(workdir, layout.METRICS)
   started = time.perf_counter()
   if not os.path.exists(path):
     log(f"  {name}/{spec}: {seeds} seed(s) from {seed}")
     c = final_config(method, spec, args, overrides, seeds=seeds, seed=seed)
-    trainer.train_and_evaluate(c, workdir)
+    trainer.train_and_evaluate(c, workdir, program_cache=args.program_cache)
   with open(path) as f:
     result = json.load(f)
   cell = {
@@ -263,8 +264,9 @@ def shared_only(workdir: str) -> list[float]:
 def baseline_cell(spec, args, prov) -> dict:
   started = time.perf_counter()
   config = protocol_config("acmr", spec, args, use_tuned=False)
-  raw = input_pipeline.load_raw(config)
-  norm = input_pipeline.fit_normalizer(config, raw["train"])
+  source = inputs.DataSource.of(config)
+  raw, _ = source.load()
+  norm = source.fit(raw["train"])
   splits = {k: norm(v, k) for k, v in raw.items()}
   out = {}
   for name, fn in (("cca", baselines.cca_baseline), ("sm", baselines.semantic_matching_baseline)):
@@ -277,16 +279,16 @@ def baseline_cell(spec, args, prov) -> dict:
 
 
 def mean_std(values) -> list[float]:
-  """[mean, sample std] as the trainer reports members (`evaluation.mean_and_std`: std 0 for
+  """[mean, sample std] as the trainer reports members (`metrics.mean_and_std`: std 0 for
   one value); NaNs for none."""
-  mean, std = evaluation.mean_and_std([{"x": v} for v in values])
+  mean, std = metrics.mean_and_std([{"x": v} for v in values])
   return [mean.get("x", float("nan")), std.get("x", float("nan"))]
 
 
 def summarise_members(members) -> dict:
   test = [m["test"]["avg_map"] for m in members]
   out = {"seeds": len(members), "test": test}
-  mean, std = evaluation.mean_and_std([m["test"] for m in members])
+  mean, std = metrics.mean_and_std([m["test"] for m in members])
   for key in ("avg_map", "i2t_map", "t2i_map"):
     out[f"test_{key}"] = [mean[key], std[key]]
   out["val_avg_map"] = mean_std([m["val"]["avg_map"] for m in members])
@@ -384,7 +386,7 @@ def main(argv=None) -> int:
   logging.getLogger("absl").setLevel(logging.ERROR)
   from mscross import cli
 
-  cli.enable_compilation_cache(True)
+  args.program_cache = cli.enable_compilation_cache(True)
   stamp = time.perf_counter()
 
   def log(line):

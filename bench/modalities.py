@@ -30,8 +30,8 @@ import time
 import numpy as np
 
 from mscross import baselines, presets
-from mscross.training import input_pipeline, trainer
-from mscross.training import workdir as workdir_lib
+from mscross.runs import inputs, layout  # noqa: E402
+from mscross.training import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VIEWS = ("fou", "kar", "pix")
@@ -47,14 +47,14 @@ REGRESSION = (
 
 def train(method, dataset, args, *, labels=True, name=None) -> dict:
   workdir = os.path.join(args.root, name or method, dataset.replace("/", "_"))
-  path = workdir_lib.path(workdir, workdir_lib.METRICS)
+  path = layout.path(workdir, layout.METRICS)
   if not os.path.exists(path):
     c = presets.build(method, dataset, labels=labels)
     c.population.size = args.seeds
     if args.data_dir:
       c.data.data_dir = args.data_dir
     print(f"  training {name or method} on {dataset} ({args.seeds} seeds)", flush=True)
-    trainer.train_and_evaluate(c, workdir)
+    trainer.train_and_evaluate(c, workdir, program_cache=args.program_cache)
   with open(path) as f:
     return json.load(f)
 
@@ -91,8 +91,9 @@ def instance(args) -> dict:
   c = presets.build("mnsgan", "wikipedia", labels=False)
   if args.data_dir:
     c.data.data_dir = args.data_dir
-  raw = input_pipeline.load_raw(c)
-  norm = input_pipeline.fit_normalizer(c, raw["train"])
+  source = inputs.DataSource.of(c)
+  raw, _ = source.load()
+  norm = source.fit(raw["train"])
   cca = baselines.cca_baseline({k: norm(v, k) for k, v in raw.items()}, select_metric="avg_mrr")
   out["cca"] = {k: [cca["test"][f"avg_{k}"]] for k in keys}
   out["cca_dim"] = cca["chosen"]["dim"]
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   from mscross import cli
 
-  cli.enable_compilation_cache(True)
+  args.program_cache = cli.enable_compilation_cache(True)
   started = time.perf_counter()
   sections = {"views": views, "instance": instance, "regression": regression}
   path = os.path.join(args.out, "modalities.json")

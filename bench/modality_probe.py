@@ -32,8 +32,8 @@ from scipy import stats
 
 from mscross import cli
 from mscross.retrieval import trained
+from mscross.runs import layout  # noqa: E402
 from mscross.training import trainer
-from mscross.training import workdir as workdir_lib
 
 FOLDS = 5
 
@@ -66,12 +66,12 @@ def probe_accuracy(embeddings: dict[str, np.ndarray], *, folds: int = FOLDS, see
 def run(method: str, spec: str, adversary: bool, args, log) -> dict:
   name = method if adversary else f"{method}/no-disc"
   workdir = final_workdir(args.root, name, spec)
-  metrics_path = workdir_lib.path(workdir, workdir_lib.METRICS)
+  metrics_path = layout.path(workdir, layout.METRICS)
   if not os.path.exists(metrics_path):
     log(f"  {name}/{spec}: training {args.seeds} seed(s) from {args.seed}")
     overrides = {} if adversary else {"adv.enabled": False}
     c = final_config(method, spec, args, overrides, seeds=args.seeds, seed=args.seed)
-    trainer.train_and_evaluate(c, workdir)
+    trainer.train_and_evaluate(c, workdir, program_cache=args.program_cache)
   with open(metrics_path) as f:
     members = json.load(f)["members"]
   if len(members) != args.seeds:
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results"))
   args = parser.parse_args(argv)
   prov = provenance("bench/modality_probe.py", sys.argv[1:] if argv is None else argv)
-  cli.enable_compilation_cache(True)
+  args.program_cache = cli.enable_compilation_cache(True)
   started = time.perf_counter()
   log = lambda line: print(f"[{time.perf_counter() - started:7.0f}s] {line}", flush=True)
   results = {}

@@ -26,8 +26,7 @@ from speed_workloads import WIKI_CLASSES, WIKI_D_IMG, WIKI_D_TXT
 
 from mscross import methods, presets
 from mscross.data import Split
-from mscross.training import input_pipeline
-from mscross.training import workdir as workdir_lib
+from mscross.runs import inputs, layout  # noqa: E402
 
 # The synthetic stand-in's split sizes: the `features` builder carves 10% of train as validation,
 # which leaves Wikipedia's 1955 train, 218 validation and 693 test pairs.
@@ -100,8 +99,9 @@ def run_config(method: str, data: RunData):
 def prepared_train_split(config) -> Split:
   """The normalised training split of `config`, prepared once here, so that no timed train.py
   pays for building the dataset cache."""
-  raw = input_pipeline.load_raw(config, ("train", "validation", "test"))
-  return input_pipeline.fit_normalizer(config, raw["train"])(raw["train"], "train")
+  source = inputs.DataSource.of(config)
+  raw, _ = source.load(("train",))
+  return source.fit(raw["train"])(raw["train"], "train")
 
 
 def train_py(
@@ -138,7 +138,7 @@ def train_py(
   if rc:
     tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
     raise RuntimeError(f"{' '.join(cmd)} exited with {rc}; the end of {log}:\n{tail}")
-  metrics = json.loads(Path(workdir_lib.path(str(workdir), workdir_lib.METRICS)).read_text())
+  metrics = json.loads(Path(layout.path(str(workdir), layout.METRICS)).read_text())
   return {
     "method": method,
     "population": population_size,

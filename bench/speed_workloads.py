@@ -14,7 +14,8 @@ from speed_timing import Runner, timed
 from mscross import presets
 from mscross.data import Split
 from mscross.methods.models import DataSpec
-from mscross.training import input_pipeline, loop
+from mscross.runs import inputs
+from mscross.training import loop
 from mscross.training import plan as plan_lib
 from mscross.training import program as program_lib
 
@@ -45,7 +46,7 @@ class Problem:
     )
 
   def spec(self) -> DataSpec:
-    return input_pipeline.data_spec(self.split())
+    return inputs.spec_of(self.split())
 
   def first_batch(self, batch_size: int) -> dict:
     return {
@@ -79,7 +80,7 @@ def build_program(config, problem: Problem, size: int) -> program_lib.Program:
   config.parallel.feed = "device"
   plan = plan_lib.resolve(config, problem.spec())
   # Never from or to the on-disk program cache: the first call's compile time is reported.
-  return program_lib.build(plan, len(problem.label), cache=False)
+  return program_lib.build(plan, len(problem.label))
 
 
 def num_params(tree) -> int:
@@ -88,7 +89,7 @@ def num_params(tree) -> int:
 
 def step_cost_analysis(prog: program_lib.Program, problem: Problem) -> float | None:
   """XLA's FLOP estimate of one member's step, from the lowered program (no compilation)."""
-  batch = problem.first_batch(int(prog.plan.config.train.batch_size))
+  batch = problem.first_batch(prog.plan.feed.batch_size)
   try:
     lowered = jax.jit(prog.member_step()).lower(prog.member_shapes(), batch)
     return float(lowered.cost_analysis()["flops"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -57,27 +56,21 @@ def define_config_flag(default: str):
     _bad_command_line(_config_message(sys.argv, e))
 
 
-def enable_compilation_cache(enabled: bool) -> None:
+def enable_compilation_cache(enabled: bool) -> str | None:
   """JAX's persistent compilation cache under the mscross cache directory: a second run of the
-  same program shape (another seed, another learning rate) skips compiling it again."""
+  same program shape (another seed, another learning rate) skips compiling it again. Returns
+  the folder for traced programs (`train_and_evaluate(..., program_cache=)`), None when off."""
   if not enabled:
-    return
+    return None
   import jax
 
-  from mscross.data import base
+  from mscross import caches
 
-  path = os.environ.get("MSCROSS_JAX_CACHE_DIR")
-  if not path:
-    configured = os.environ.get(base.CACHE_ENV)
-    root = configured or os.path.join(os.path.expanduser("~"), ".cache", "mscross")
-    path = os.path.join(root, "jax")
-  jax.config.update("jax_compilation_cache_dir", path)
-  from mscross.training import program_cache
-
-  program_cache.DIRECTORY = os.path.join(path, "programs")
+  jax.config.update("jax_compilation_cache_dir", str(caches.jax_dir()))
   # Every program counts: the small ones are what a run recompiles most.
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return str(caches.programs())
 
 
 def _config_message(argv, e: Exception) -> str:

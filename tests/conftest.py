@@ -192,9 +192,9 @@ def batch_of(n: int = 16, modalities=("a", "b"), seed: int = 0, labelled: bool =
   return batch
 
 
-def program_of(config, spec: DataSpec, num_examples: int = 64, *, cache: bool = False):
+def program_of(config, spec: DataSpec, num_examples: int = 64):
   """The training program of `config` on data of `spec`, as train.py builds it."""
-  return program_lib.build(plan_lib.resolve(config, spec), num_examples, cache=cache)
+  return program_lib.build(plan_lib.resolve(config, spec), num_examples)
 
 
 # train.py flags that make any preset a 20-step run of a small network.

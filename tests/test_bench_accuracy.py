@@ -202,8 +202,8 @@ def test_an_interrupted_run_keeps_its_finished_cells_and_exits_130(
     raise KeyboardInterrupt
 
   monkeypatch.setattr(bench, "run", run)
-  # main() turns on the compilation and program caches for the whole process; left on, they
-  # would serve later tests in this worker programs traced before those tests' patches.
+  # main() turns on JAX's compilation cache for the whole process, where other tests of this
+  # worker expect none.
   monkeypatch.setattr(cli, "enable_compilation_cache", lambda *a, **k: None)
   argv = ["--datasets", "digits_halves", "--out", str(tmp_path)]
   assert bench.main(argv) == 130

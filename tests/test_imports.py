@@ -10,15 +10,20 @@ from conftest import REPO
 PACKAGE = REPO / "mscross"
 # Lowest first: a room may import its own level and those below it, never one above.
 LEVELS = [
-  {"mscross.errors", "mscross.dotted", "mscross.atomic"},
+  {"mscross.errors", "mscross.dotted", "mscross.atomic", "mscross.caches"},
   {"mscross.encoders"},
   {"mscross.data", "mscross.metrics"},
   {"mscross.methods"},
   {"mscross.config", "mscross.presets"},
-  {"mscross.training"},
-  {"mscross.retrieval", "mscross.baselines"},
+  # What training and inference both need: the workdir, checkpoints, inputs, embedding.
+  {"mscross.runs"},
+  {"mscross.training", "mscross.retrieval", "mscross.baselines"},
   {"mscross.tuning", "mscross.cli", "mscross"},
 ]
+# Rooms of one level that never import each other: inference stands apart from training.
+APART = [("mscross.retrieval", "mscross.training"), ("mscross.baselines", "mscross.training")]
+# Scripts that use a trained model or only data, never the training machinery.
+WITHOUT_TRAINING = ("eval.py", "extract.py")
 
 
 def _module_name(path: Path) -> str:
@@ -82,6 +87,24 @@ def test_no_module_imports_a_room_above_its_own():
     if _level(b) > _level(a)
   ]
   assert not upward, upward
+
+
+def test_inference_and_data_jobs_never_import_training():
+  graph = _graph()
+  crossing = [
+    f"{a} imports {b}"
+    for a, targets in graph.items()
+    for b in targets
+    for x, y in APART
+    if {_room(a), _room(b)} == {x, y}
+  ]
+  for script in WITHOUT_TRAINING:
+    crossing += [
+      f"{script} imports {b}"
+      for b in _imports(REPO / script, script[:-3])
+      if b == "mscross.training" or b.startswith("mscross.training.")
+    ]
+  assert not crossing, crossing
 
 
 def test_no_import_circle():

@@ -8,11 +8,12 @@ first `load_split` of a dataset prepares it into a cache folder keyed by its sou
 calls read that cache.
 
 Environment: MSCROSS_DATA_DIR is the default data_dir; MSCROSS_CACHE_DIR the cache root
-(default ~/.cache/mscross/tfds).
+(`mscross.caches`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import pkgutil
@@ -26,6 +27,7 @@ from mscross.errors import DataError
 __all__ = [
   "SPLITS",
   "Options",
+  "Prepared",
   "Problem",
   "Split",
   "available_datasets",
@@ -35,6 +37,7 @@ __all__ = [
   "describe_datasets",
   "load_problems",
   "load_split",
+  "prepare",
   "raw_items",
   "resolve_data_dir",
   "subset",
@@ -126,10 +129,33 @@ def raw_items(name: str, data_dir: str | os.PathLike | None = None) -> dict[str,
   return builder_cls.raw_items(_source_dir(builder_cls, name, data_dir))
 
 
-def _prepared(name: str, data_dir: str | os.PathLike | None, options: raw.Options | None) -> Path:
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A dataset prepared (or found prepared) once: its splits and problems are read from the
+  cache without looking at the source files again."""
+
+  name: str
+  path: Path
+
+  def split(self, split: str) -> Split:
+    """One split in memory (see `load_split`)."""
+    if split not in SPLITS:
+      raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return cache.read(self.path, split)
+
+  def problems(self) -> list[Problem]:
+    """The raw items skipped or converted when the dataset was prepared (see `load_problems`)."""
+    return cache.read_problems(self.path)
+
+
+def prepare(
+  name: str, data_dir: str | os.PathLike | None = None, options: raw.Options | None = None
+) -> Prepared:
+  """The dataset `name`, prepared into the cache on first use (the arguments as `load_split`'s):
+  for reading several of its splits, and its problems, at the cost of one look at the source."""
   builder_cls, config_name = _resolve(name)
   source_dir = _source_dir(builder_cls, name, data_dir)
-  return cache.prepare(builder_cls, config_name, source_dir, options)
+  return Prepared(name, cache.prepare(builder_cls, config_name, source_dir, options))
 
 
 def load_split(
@@ -161,7 +187,7 @@ def load_split(
   """
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-  return cache.read(_prepared(name, data_dir, options), split)
+  return prepare(name, data_dir, options).split(split)
 
 
 def load_problems(
@@ -169,4 +195,4 @@ def load_problems(
 ) -> list[Problem]:
   """The raw items of a dataset that were skipped or converted when it was prepared (each with
   its split, pair id, file and reason); empty for datasets of feature arrays."""
-  return cache.read_problems(_prepared(name, data_dir, options))
+  return prepare(name, data_dir, options).problems()

@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
+from mscross import caches
 from mscross.data import checks, raw
 from mscross.errors import DataError, one_line
 
@@ -31,19 +32,7 @@ SPLITS = ("train", "validation", "test")
 # rather than taken from the training seed: every run and every model sees the same test set.
 SPLIT_SEED = 0
 
-CACHE_ENV = "MSCROSS_CACHE_DIR"
-# Under the cache root: each raw modality's encoded items, per encoder and item list, so that
-# changing one modality's encoder does not encode the other modality again.
-FEATURES_CACHE = "_encoded"
 DATA_ENV = "MSCROSS_DATA_DIR"
-
-
-def cache_root() -> Path:
-  """Root of the prepared-data cache: $MSCROSS_CACHE_DIR, else ~/.cache/mscross/tfds."""
-  configured = os.environ.get(CACHE_ENV)
-  if configured:
-    return Path(configured).expanduser()
-  return Path.home() / ".cache" / "mscross" / "tfds"
 
 
 # Every dataset builder, by name: a subclass of `PairedBuilder` with a `NAME` registers itself
@@ -301,7 +290,7 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       self._options,
       self.DEFAULT_ENCODERS,
       self.NAME or type(self).__name__,
-      cache_dir=cache_root() / FEATURES_CACHE,
+      cache_dir=caches.extracted(),
     )
     self._problems += problems + found
     raw.report_skipped(self.NAME or type(self).__name__, len(pairs), len(kept))

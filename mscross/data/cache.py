@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
+from mscross import caches
 from mscross.data import base, raw
 
 try:
@@ -118,7 +119,7 @@ def prepare(
   builder_cls.encoded_modalities(options)
   files = builder_cls.source_files(source_dir, config_name)
   fingerprint = _fingerprint(builder_cls, config_name, source_dir, files, options)
-  root = base.cache_root() / builder_cls.name / fingerprint
+  root = caches.prepared() / builder_cls.name / fingerprint
   data_path = _data_path(root, builder_cls, config_name)
   # Checked before locking too: warm loads, the common case, then never wait on a preparation.
   if _is_prepared(data_path):

@@ -1,11 +1,19 @@
-"""Writing a dataset's prepared features as plain arrays, in the layout the `features` dataset
-reads back (what `extract.py` does):
+"""A split's arrays as plain files: the two export layouts.
+
+`write_features`: a dataset's prepared features, in the layout the `features` dataset reads back
+(what `extract.py` does):
 
   <out>/manifest.json            {"modalities": [...], "class_names": [...]}
   <out>/<split>/<modality>.npy   float32 [N, d] per modality, for train, validation and test
   <out>/<split>/labels.npy       class indices [N] (single-label data) or 0/1 rows [N, C]
   <out>/<split>/ids.txt          the pair ids, one a line, in row order
   <out>/data_problems.tsv        raw items skipped or converted (when there were any)
+
+`write_embeddings`: one split's embeddings by a trained model (`eval.py --export`):
+
+  <out>/emb_<modality>.npy       float32 [N, e] per modality, rows in the split's order
+  <out>/ids.npy                  the pair ids
+  <out>/labels.npy               0/1 rows [N, C] (labelled data)
 """
 
 from __future__ import annotations
@@ -54,3 +62,16 @@ def write_features(
   summary["dims"] = {m: int(a.shape[1]) for m, a in train.features.items()}
   summary["skipped"] = sum(p.action == "skipped" for p in problems)
   return summary
+
+
+def write_embeddings(
+  out: str | os.PathLike, embeddings: dict[str, np.ndarray], split: base.Split
+) -> str:
+  """Writes `embeddings` ({modality: [N, e]}) of `split`, with its ids and labels, under `out`."""
+  os.makedirs(out, exist_ok=True)
+  for m, emb in embeddings.items():
+    np.save(os.path.join(out, f"emb_{m}.npy"), emb)
+  np.save(os.path.join(out, "ids.npy"), split.ids)
+  if split.label is not None:
+    np.save(os.path.join(out, "labels.npy"), split.label)
+  return os.fspath(out)

@@ -2,33 +2,28 @@
 the result is stored under the cache directory keyed by the file's SHA-256, so a changed or
 replaced file is converted afresh and an unchanged one is read back in well under a second.
 
-Cache: $MSCROSS_CACHE_DIR/encoders/<name>-<sha256 prefix>.npz, else
-~/.cache/mscross/encoders/.
+Cache: `mscross.caches.weights()`/<name>-<sha256 prefix>.npz.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mscross import atomic
+from mscross import atomic, caches
 from mscross.errors import ConfigError
 
-CACHE_ENV = "MSCROSS_CACHE_DIR"
 # Folded into every cache key: bump when a converter's output changes for the same file.
 CONVERSION_VERSION = "1"
 
 
 def cache_dir() -> Path:
-  configured = os.environ.get(CACHE_ENV)
-  root = Path(configured).expanduser() if configured else Path.home() / ".cache" / "mscross"
-  return root / "encoders"
+  return caches.weights()
 
 
 def sha256(path: Path) -> str:

@@ -179,35 +179,74 @@ class ModalityDiscriminator(nn.Module):
     return _dense(self.num_modalities, self.dtype, name="out")(h).astype(jnp.float32)
 
 
-def encoder_widths(model_config, modality: str) -> tuple[int, ...]:
-  """The full widths of `modality`'s encoder: its hidden layers (`model.encoders.<modality>`,
-  else `model.encoder_layers`), then `model.width`."""
-  hidden = model_config.encoders.get(modality, model_config.encoder_layers)
-  return (*tuple(hidden), int(model_config.width))
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """The two networks' shape: `config.model` (less what is ranked) and `config.disc`."""
+
+  encoder_layers: tuple[int, ...]  # hidden widths of every modality's encoder...
+  encoders: tuple[tuple[str, tuple[int, ...]], ...]  # ...unless overridden here, per modality
+  width: int  # the width every encoder ends in
+  shared_layers: tuple[int, ...]
+  activation: str
+  activate_final: bool
+  shared_activate_final: bool
+  classifier_input: str
+  dtype: str
+  disc_layers: tuple[int, ...]
+  disc_activation: str
+
+  @classmethod
+  def of(cls, config) -> Architecture:
+    m = config.model
+    return cls(
+      encoder_layers=tuple(int(w) for w in m.encoder_layers),
+      encoders=tuple((name, tuple(int(w) for w in ws)) for name, ws in m.encoders.items()),
+      width=int(m.width),
+      shared_layers=tuple(int(w) for w in m.shared_layers),
+      activation=m.activation,
+      activate_final=bool(m.activate_final),
+      shared_activate_final=bool(m.shared_activate_final),
+      classifier_input=m.classifier_input,
+      dtype=m.dtype,
+      disc_layers=tuple(int(w) for w in config.disc.layers),
+      disc_activation=config.disc.activation,
+    )
+
+  def encoder_widths(self, modality: str) -> tuple[int, ...]:
+    """The full widths of `modality`'s encoder: its hidden layers, then `width`."""
+    hidden = dict(self.encoders).get(modality, self.encoder_layers)
+    return (*hidden, self.width)
 
 
-def build_models(config, spec: DataSpec) -> tuple[CrossModalNet, ModalityDiscriminator]:
-  """The generator and discriminator described by `config.model` and `config.disc`."""
-  m = config.model
-  dtype = COMPUTE_DTYPES[m.dtype]
+def build_models(arch: Architecture, spec: DataSpec) -> tuple[CrossModalNet, ModalityDiscriminator]:
+  """The generator and discriminator of architecture `arch` on data of `spec`."""
+  dtype = COMPUTE_DTYPES[arch.dtype]
   net = CrossModalNet(
     modalities=spec.modalities,
-    encoder_layers=tuple(encoder_widths(m, name) for name in spec.modalities),
+    encoder_layers=tuple(arch.encoder_widths(name) for name in spec.modalities),
     num_classes=spec.num_classes,
-    shared_layers=tuple(m.shared_layers),
-    activation=m.activation,
-    activate_final=m.activate_final,
-    shared_activate_final=m.shared_activate_final,
-    classifier_input=m.classifier_input,
+    shared_layers=arch.shared_layers,
+    activation=arch.activation,
+    activate_final=arch.activate_final,
+    shared_activate_final=arch.shared_activate_final,
+    classifier_input=arch.classifier_input,
     dtype=dtype,
   )
   disc = ModalityDiscriminator(
     num_modalities=len(spec.modalities),
-    layers=tuple(config.disc.layers),
-    activation=config.disc.activation,
+    layers=arch.disc_layers,
+    activation=arch.disc_activation,
     dtype=dtype,
   )
   return net, disc
+
+
+def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
+  """Generator params of `seed`, initialised as the train state's are: the restore target (as
+  shapes, under `jax.eval_shape`) when only the generator is needed."""
+  dummy = {m: jnp.zeros((2, d)) for m, d in zip(spec.modalities, spec.dims, strict=True)}
+  k_gen, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
+  return net.init(k_gen, dummy)["params"]
 
 
 def retrieval_embeddings(out: dict[str, jax.Array], *, kind: str, mu=1.0) -> jax.Array:

@@ -46,7 +46,9 @@ _SUPPLIED = ("params", "rng")  # keyword arguments the train step passes, never 
 
 
 @dataclasses.dataclass(frozen=True)
-class Term:
+class LossTerm:
+  """A registered loss term (a run's active terms are `mscross.training.plan.ActiveTerm`)."""
+
   name: str
   fn: TermFn
   defaults: dict  # every option with its default, from the signatures
@@ -55,7 +57,7 @@ class Term:
   needs_labels: bool = False
 
 
-LOSS_TERMS: dict[str, Term] = {}
+LOSS_TERMS: dict[str, LossTerm] = {}
 
 
 def _keyword_defaults(fn: Callable) -> dict:
@@ -81,13 +83,13 @@ def loss_term(
     defaults = {}
     for source in (*options_of, fn):
       defaults.update(_keyword_defaults(source))
-    LOSS_TERMS[name] = Term(name, fn, defaults, needs_labels)
+    LOSS_TERMS[name] = LossTerm(name, fn, defaults, needs_labels)
     return fn
 
   return register
 
 
-def term(name: str) -> Term:
+def term(name: str) -> LossTerm:
   if name not in LOSS_TERMS:
     raise ConfigError(f"unknown loss term config.loss.{name}; registered: {sorted(LOSS_TERMS)}")
   return LOSS_TERMS[name]

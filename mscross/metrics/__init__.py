@@ -32,6 +32,7 @@ from mscross.metrics.directions import Direction, direction_names, retrieval_met
 from mscross.metrics.instance import instance_metrics, instance_ranks
 from mscross.metrics.ranking import MEMORY_BUDGET, auto_block_size, ranking_metrics
 from mscross.metrics.similarity import cosine_similarity, normalize, normalize_jit
+from mscross.metrics.summary import mean_and_std
 
 __all__ = [
   "ELEVEN_POINT_STRIDE",
@@ -43,6 +44,7 @@ __all__ = [
   "direction_names",
   "instance_metrics",
   "instance_ranks",
+  "mean_and_std",
   "normalize",
   "normalize_jit",
   "per_class_ap",

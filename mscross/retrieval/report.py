@@ -565,7 +565,7 @@ def write_report(
     raw_items: pair id -> modality -> raw item (an image or text file, or an inline text), as
       `mscross.data.raw_items` gives them: the pages show each shown query's and result's image
       as a thumbnail (written to thumbs/) or its text's opening words. None or empty: ids only.
-    game: the adversarial game of the run, as `mscross.training.runlog.game_state` gives it:
+    game: the adversarial game of the run, as `mscross.runs.layout.game_state` gives it:
       {"last": {step, val_disc_acc, lambda, loss_adv}, "best": {...}} at the run's last
       evaluation and at the reported step; shown in a section of its own. None: no adversary.
 

@@ -10,7 +10,8 @@ A workdir is read once: its config, its data spec, the input transform fitted on
 split (`input_transform.npz`), and the generator params of its best checkpoint (no optimiser,
 no discriminator). New vectors of any modality go through that transform and the encoder of
 their modality. `eval.py`, its `--report` and `--topk` and the benchmarks all go through this
-module, and splits are read (and transformed) at most once per split.
+module, and splits are read (and transformed) at most once per split. Inference needs none of
+the training machinery: what it shares with training sits below both, in `mscross.runs`.
 """
 
 from __future__ import annotations
@@ -20,14 +21,12 @@ import os
 import jax
 import numpy as np
 
-from mscross import data
+from mscross import data, metrics
+from mscross.data import export
 from mscross.errors import CheckpointError, ConfigError, DataError
 from mscross.methods import models
 from mscross.retrieval import index as index_lib
-from mscross.training import checkpoints, evaluation, input_pipeline, runlog
-from mscross.training import plan as plan_lib
-from mscross.training import step as step_lib
-from mscross.training import workdir as workdir_lib
+from mscross.runs import checkpoints, embedding, inputs, layout, lock, settings
 
 
 class Workdir:
@@ -39,50 +38,40 @@ class Workdir:
 
   def __init__(self, path: str, *, retrieval: str | None = None):
     self.path = path
-    self.config = workdir_lib.read_config(path)
+    self.config = layout.read_config(path)
     if retrieval is not None:
       with self.config.unlocked():
         self.config.model.retrieval = retrieval
-    transform_path = workdir_lib.path(path, workdir_lib.TRANSFORM)
-    if not (
-      os.path.exists(workdir_lib.path(path, workdir_lib.SPEC)) and os.path.exists(transform_path)
-    ):
+    transform_path = layout.path(path, layout.TRANSFORM)
+    if not (os.path.exists(layout.path(path, layout.SPEC)) and os.path.exists(transform_path)):
       raise CheckpointError(
-        f"{path} has no trained model yet ({workdir_lib.SPEC} or {workdir_lib.TRANSFORM} "
+        f"{path} has no trained model yet ({layout.SPEC} or {layout.TRANSFORM} "
         "missing): run train.py with this workdir first"
       )
-    self.spec = models.DataSpec.from_json(workdir_lib.read_spec(path))
-    self.plan = plan_lib.resolve(self.config, self.spec)
-    self.normalizer = input_pipeline.Normalizer.load(transform_path)
-    self.net, _ = models.build_models(self.config, self.spec)
-    self.in_training = workdir_lib.is_locked(path)
-    self.trainer_pid = workdir_lib.holder_pid(path) if self.in_training else None
-    self.step, self.gen, self.meta = self._restore_best()
-    self._embed = evaluation.make_embed_fn(self.config, self.net)
+    self.spec = models.DataSpec.from_json(layout.read_spec(path))
+    self.source = inputs.DataSource.of(self.config)
+    self.evaluation = settings.Evaluation.of(self.config)
+    self.retrieval = settings.Retrieval.of(self.config)
+    self.normalizer = inputs.Normalizer.load(transform_path)
+    self.net, _ = models.build_models(models.Architecture.of(self.config), self.spec)
+    self.in_training = lock.is_locked(path)
+    self.trainer_pid = lock.holder_pid(path) if self.in_training else None
+    self.step, self.gen, self.meta = checkpoints.restore_best_generator(
+      path, self.net, self.spec, self.size
+    )
+    self.embed_fn = embedding.make_embed_fn(self.retrieval.kind, self.net)
     self._splits: dict[str, data.Split] = {}
 
   @property
   def size(self) -> int:
-    return self.plan.size
-
-  def _restore_best(self):
-    one = jax.eval_shape(lambda: step_lib.init_generator(self.net, self.spec))
-    target = {
-      "gen": jax.tree.map(lambda s: np.zeros((self.size, *s.shape), s.dtype), one),
-    }
-    with checkpoints.CheckpointStore(self.path, read_only=True) as store:
-      restored = store.restore_best(target)
-    if restored is None:
-      raise CheckpointError(f"no best checkpoint in {self.path!r}: training has not evaluated yet")
-    step, tree, meta = restored
-    return step, tree["gen"], meta
+    return len(self.retrieval.mu)
 
   def split(self, name: str) -> data.Split:
     """The split `name`, transformed as the training data was (read once)."""
     if name in self._splits:
       return self._splits[name]
-    raw = input_pipeline.load_raw(self.config, (name,))[name]
-    spec = input_pipeline.data_spec(raw)
+    raw = self.source.load((name,))[0][name]
+    spec = inputs.spec_of(raw)
     if spec.modalities != self.spec.modalities or spec.dims != self.spec.dims:
       raise DataError(
         f"the {name} split of {self.config.data.name!r} has modalities {spec.modalities} with "
@@ -109,7 +98,7 @@ class TrainedModel:
     self.config, self.spec = workdir.config, workdir.spec
     self.params = jax.tree.map(lambda x: x[member], workdir.gen)
     self.step = workdir.best_step(member)
-    self.mu = float(workdir.plan.member_values("model.mu")[member])
+    self.mu = workdir.retrieval.mu[member]
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -124,7 +113,7 @@ class TrainedModel:
     one = data.Split(
       features={modality: x}, label=None, ids=np.arange(len(x)).astype(str), class_names=()
     )
-    return evaluation.embed_split(self.workdir._embed, self.params, one, self.mu)[0]
+    return embedding.embed_split(self.workdir.embed_fn, self.params, one, self.mu)[0]
 
   def features_of(self, modality: str, items) -> np.ndarray:
     """Features [N, d] of raw items of `modality` (image files; texts, or text files as
@@ -147,12 +136,12 @@ class TrainedModel:
 
   def embed(self, split: data.Split) -> dict[str, np.ndarray]:
     """{modality: [N, e]} of a TRANSFORMED split (`Workdir.split`)."""
-    emb = evaluation.embed_split(self.workdir._embed, self.params, split, self.mu)
+    emb = embedding.embed_split(self.workdir.embed_fn, self.params, split, self.mu)
     return dict(zip(split.modalities, emb, strict=True))
 
   def metrics(self, split: data.Split) -> dict[str, float]:
-    emb = evaluation.embed_split(self.workdir._embed, self.params, split, self.mu)
-    return evaluation.metrics_of(self.config, emb, split)
+    emb = embedding.embed_split(self.workdir.embed_fn, self.params, split, self.mu)
+    return self.workdir.evaluation.metrics(emb, split)
 
   def index(self, modality: str, features, *, ids=None, labels=None, transformed=False):
     """A `retrieval.Index` over the embeddings of raw gallery vectors of `modality`."""
@@ -200,14 +189,14 @@ def evaluate_workdir(
     result = results[0]
   else:
     numeric = [{k: v for k, v in r.items() if isinstance(v, float)} for r in results]
-    mean, std = evaluation.mean_and_std(numeric)
+    mean, std = metrics.mean_and_std(numeric)
     result = {**header, "members": results, "mean": mean, "std": std}
   model = wd.member(chosen[0])
   suffix = "" if wd.size == 1 else f"_member{model.member}"
   if export_dir or report or topk:
     embeddings = model.embed(part)
   if export_dir:
-    notes.append(f"embeddings: {export(export_dir, embeddings, part)}")
+    notes.append(f"embeddings: {export.write_embeddings(export_dir, embeddings, part)}")
   if report:
     from mscross.retrieval import report as report_lib
 
@@ -221,9 +210,9 @@ def evaluate_workdir(
       split=part,
       embeddings=embeddings,
       summary={k: v for k, v in results[0].items() if k not in (*header, "member", "step")},
-      block_size=int(wd.config.eval.block_size) or None,
+      block_size=wd.evaluation.block_size,
       raw_items=_raw_items(wd.config, notes),
-      game=runlog.game_state(path, model.member, model.step),
+      game=layout.game_state(path, model.member, model.step),
     )
     notes.append(f"report: {out}")
   if topk:
@@ -244,14 +233,3 @@ def _raw_items(config, notes: list[str]) -> dict:
       f"report: shows ids only, the raw items of {config.data.name!r} are unreadable: {exc}"
     )
     return {}
-
-
-def export(export_dir: str, embeddings: dict[str, np.ndarray], split: data.Split) -> str:
-  """Writes emb_<modality>.npy for every modality, ids.npy and (labelled data) labels.npy."""
-  os.makedirs(export_dir, exist_ok=True)
-  for m, emb in embeddings.items():
-    np.save(os.path.join(export_dir, f"emb_{m}.npy"), emb)
-  np.save(os.path.join(export_dir, "ids.npy"), split.ids)
-  if split.label is not None:
-    np.save(os.path.join(export_dir, "labels.npy"), split.label)
-  return export_dir

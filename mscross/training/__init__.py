@@ -1,10 +1,13 @@
 """Training: from a config to trained, selected and saved models.
 
-`plan` resolves a config once (method, loss terms, population, traced hyperparameters);
-`program` builds from the plan what training runs: the networks, the initial state, the one
-jitted, donated `step` and the data-parallel device `loop`; `trainer` holds the run's control
-flow, with `selection` (validation-based model selection and early stopping), `checkpoints`,
-`workdir` (its files, lock and resume rules), `runlog` (history, TensorBoard, metrics.json),
-`evaluation` (embedding and scoring a split), `input_pipeline` (the input transform and batch
-order) and `program_cache` (traced programs kept on disk).
+`plan` resolves a config once into the run plan (method, loss terms with their functions,
+population, traced hyperparameters, typed static settings); below the trainer the plan is the
+only input. `program` builds from the plan what training runs: the networks, the initial state,
+the one jitted, donated `step` and the data-parallel device `loop` (fed by `batches`);
+`trainer` is the run's spine, over the immutable run state and plain functions of `run`, with
+`selection` (validation-based model selection and early stopping), `resume` (a workdir's resume
+rules), `runlog` (history, TensorBoard, metrics.json), `evaluation` (the discriminator's
+accuracy) and `program_cache` (traced programs kept on disk). What inference shares with
+training (the workdir's layout and lock, checkpoints, the input transform, embedding) is in
+`mscross.runs`.
 """

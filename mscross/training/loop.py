@@ -6,7 +6,7 @@ the mesh axis `data`, vmapped over the population axis of the train state, insid
 length), with the state donated.
 
 The global batch is `config.train.batch_size` whatever the device count N (N must divide it).
-The global batch indices of a member's step are those of `input_pipeline.batch_indices`, and the
+The global batch indices of a member's step are those of `batches.batch_indices`, and the
 device at mesh position i takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order and,
 to float rounding, the trained weights do not depend on N. The step itself
 (`step.make_step` with `axis_name=AXIS`) gathers the network outputs so every loss term
@@ -40,16 +40,16 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mscross.errors import ConfigError
-from mscross.training import input_pipeline, program_cache
+from mscross.training import batches, program_cache
 
 AXIS = "data"
 
 
-def resolve_num_devices(config) -> int:
-  """The number of devices the mesh spans (`config.parallel.num_devices`, 0 = every device of
-  every process), checked against the devices there are and the global batch, which it must
-  divide."""
-  available, requested = jax.device_count(), int(config.parallel.num_devices)
+def resolve_num_devices(feed) -> int:
+  """The number of devices the mesh spans (`feed.num_devices` of a `plan.DataFeed`, 0 = every
+  device of every process), checked against the devices there are and the global batch, which
+  it must divide."""
+  available, requested = jax.device_count(), feed.num_devices
   if jax.process_count() > 1 and requested not in (0, available):
     raise ConfigError(
       f"with {jax.process_count()} processes the mesh spans every device of every process: "
@@ -58,9 +58,9 @@ def resolve_num_devices(config) -> int:
   n = requested or available
   if n > available:
     raise ConfigError(f"config.parallel.num_devices={n}, but there are only {available} devices")
-  if config.train.batch_size % n:
+  if feed.batch_size % n:
     raise ConfigError(
-      f"config.train.batch_size={config.train.batch_size} (the global batch) is not divisible "
+      f"config.train.batch_size={feed.batch_size} (the global batch) is not divisible "
       f"by the {n} devices used; change the batch size or config.parallel.num_devices"
     )
   return n
@@ -182,11 +182,14 @@ class TrainLoop:
     mesh: from `make_mesh`.
     num_examples: rows of the training split.
     batch_size: the GLOBAL batch size.
+    metric_names: the names of the step's metrics (`plan.metric_names`): the chunk's averages
+      are built from them, where deriving them by tracing the step would cost a whole trace.
     feed: "device", "host" or "auto" (see the module docstring).
     host_steps: steps per host-to-device transfer with feed="host".
     program_key: what shapes the step beyond its arguments (the config minus the values it
-      takes as inputs); with it, the device-fed loop is kept on disk by `program_cache` and a
-      later run of the same key skips tracing it.
+      takes as inputs); with it and `cache_dir`, the device-fed loop is kept on disk by
+      `program_cache` and a later run of the same key skips tracing it.
+    cache_dir: where traced loops are kept; None keeps nothing.
   """
 
   def __init__(
@@ -196,18 +199,21 @@ class TrainLoop:
     num_examples: int,
     batch_size: int,
     *,
+    metric_names: tuple[str, ...],
     feed: str = "auto",
     host_steps: int = 50,
     program_key: str | None = None,
+    cache_dir: str | None = None,
   ):
-    input_pipeline.steps_per_epoch(num_examples, batch_size)  # validates sizes
+    batches.steps_per_epoch(num_examples, batch_size)  # validates sizes
     if feed == "auto":
       feed = "host" if jax.process_count() > 1 else "device"
     self.mesh, self.feed = mesh, feed
     self.num_examples, self.batch_size, self.host_steps = num_examples, batch_size, host_steps
     self.population_step = _population_step(step_fn)
-    self.metric_names = step_fn.metric_names
-    self.program_key = program_key if jax.process_count() == 1 else None
+    self.metric_names = tuple(metric_names)
+    cached = cache_dir is not None and program_key is not None and jax.process_count() == 1
+    self.program_key, self.cache_dir = (program_key, cache_dir) if cached else (None, None)
     self._flat_loop = None
     if feed == "device":
       self._loop = self._shard_mapped(self._device_chunk, P())
@@ -234,15 +240,15 @@ class TrainLoop:
     n, b = self.num_examples, self.batch_size
     per_epoch = n // b
     keys = state.data_key
-    perms_of = jax.vmap(lambda k, e: input_pipeline.epoch_permutation(k, e, n), in_axes=(0, None))
+    perms_of = jax.vmap(lambda k, e: batches.epoch_permutation(k, e, n), in_axes=(0, None))
     # Members share the step counter, so the epoch boundary is one unbatched condition and the
     # permutation is drawn only at the epoch's first step.
     first = state.step[0]
     perms = perms_of(keys, first // per_epoch)
 
     def batch_of(perms, step):
-      idx = jax.vmap(lambda p: input_pipeline.batch_from_permutation(p, step, b))(perms)
-      return input_pipeline.gather_batch(arrays, input_pipeline.device_rows(idx, AXIS))
+      idx = jax.vmap(lambda p: batches.batch_from_permutation(p, step, b))(perms)
+      return batches.gather_batch(arrays, batches.device_rows(idx, AXIS))
 
     zeros = self._metrics_zeros(state)
 
@@ -274,13 +280,13 @@ class TrainLoop:
     """What `__call__` takes as `data`: the split replicated on the mesh (device feed) or kept
     on the host (host feed)."""
     if self.feed == "device":
-      return replicate(input_pipeline.device_arrays(split), self.mesh)
-    return input_pipeline.host_arrays(split)
+      return replicate(batches.device_arrays(split), self.mesh)
+    return batches.host_arrays(split)
 
   def __call__(self, state, data, num_steps: int):
     if self.feed == "host":
       return self._host_fed(state, data, num_steps)
-    if self.program_key is None or program_cache.DIRECTORY is None:
+    if self.program_key is None:
       return self._loop(state, data, jnp.int32(num_steps))
     # The cached artefact takes flat lists: jax.export serializes no custom pytree nodes.
     leaves, treedef = jax.tree.flatten(state)
@@ -295,6 +301,7 @@ class TrainLoop:
       self._flat_loop = program_cache.exported(
         jax.jit(flat, donate_argnums=0),
         self.program_key,
+        self.cache_dir,
         leaves,
         data_leaves,
         jnp.int32(num_steps),
@@ -324,7 +331,7 @@ class TrainLoop:
     keys = to_host(state.data_key)
     while done < num_steps:
       k = min(self.host_steps, num_steps - done)
-      idx = input_pipeline.host_batch_indices(
+      idx = batches.host_batch_indices(
         keys, step + done, self.host_steps, self.num_examples, self.batch_size
       )[:k]
       state, metrics = self._loop(state, self._global_batches(arrays, idx), jnp.int32(k))

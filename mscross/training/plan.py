@@ -2,10 +2,12 @@
 
 `resolve(config, spec)` checks the config's schema (`mscross.config.validate`), then resolves it
 against the method and loss-term registries and the data: the method, its active loss terms with
-every option, the population's members (seeds and hyperparameters), every traced
-hyperparameter's value for each member, the names of the step's metrics and the key of the
-compiled program. Nothing downstream reads those facts from the config again: the train step,
-the loop, the trainer, the trained-model loader and the benchmarks all take the plan.
+their functions and every option, the population's members (seeds and hyperparameters), every
+traced hyperparameter's value for each member (`HParams`), the static settings as typed records
+(the networks' architecture, the adversary, the optimiser, the data and its feed, the schedule,
+evaluation and what is ranked), the names of the step's metrics and the key of the compiled
+program. The plan is the only input below the trainer: the program, the train step, the loop
+and the evaluation take it, never the config.
 
 Populations: a population of P members is one train state with a leading member axis. Members
 differ in their seed (`seed + m`, unless `population.vary_seed` is off) and in the continuous
@@ -25,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+from collections.abc import Callable
 
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +36,9 @@ from mscross import config as config_lib
 from mscross import dotted, methods, metrics
 from mscross.errors import ConfigError
 from mscross.methods import registry
-from mscross.methods.models import DataSpec
+from mscross.methods.models import Architecture, DataSpec
+from mscross.runs.inputs import DataSource
+from mscross.runs.settings import Evaluation, population_sweep
 
 BASE_TRACED = ("optim.lr", "optim.disc_lr", "adv.weight", "adv.ramp_steps", "model.mu")
 RUN_LENGTH = "train.steps"
@@ -56,31 +61,104 @@ _NOT_IN_PROGRAM = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Term:
-  """An active loss term: its options fixed in the program (strings, ints, bools) and the names
-  of its float options, which come from the hyperparameters like its weight."""
+class ActiveTerm:
+  """A loss term of the run: its function, its options fixed in the program (strings, ints,
+  bools) and the names of its float options, which come from the hyperparameters like its
+  weight."""
 
   name: str
+  fn: Callable
   static: dict
   floats: tuple[str, ...]
 
-  def options(self, h: dict) -> dict:
-    """Every option's value, the floats from the hyperparameters `h` (`RunPlan.values_in`)."""
-    return {**self.static, **{o: h[f"loss.{self.name}.{o}"] for o in self.floats}}
+  def options(self, values: dict) -> dict:
+    """Every option's value, the floats from the step's hyperparameters (`HParams.inside`)."""
+    return {**self.static, **{o: values[f"loss.{self.name}.{o}"] for o in self.floats}}
 
-  def weight(self, h: dict):
-    return h[f"loss.{self.name}.weight"]
+  def weight(self, values: dict):
+    return values[f"loss.{self.name}.weight"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+  """Every hyperparameter that may be traced, one value per member, and the keys that are: the
+  one record of a run's continuous values. The state carries `initial()`; the step reads
+  `inside(state.hparams)`; the host reads `of(key)`."""
+
+  values: dict  # {candidate key: (value of member 0, ...)}
+  traced: tuple[str, ...]  # the keys that enter the step as traced scalars
+
+  def initial(self) -> dict[str, jnp.ndarray]:
+    """{traced key: float32 [P]}: the members' values, as the train state carries them."""
+    return {k: jnp.asarray(self.values[k], jnp.float32) for k in self.traced}
+
+  def inside(self, traced: dict) -> dict:
+    """Every candidate hyperparameter inside the step: the traced values of `traced` (one
+    member's `state.hparams`), the others as the Python constants they are (0.0)."""
+    return {k: traced[k] if k in self.traced else float(v[0]) for k, v in self.values.items()}
+
+  def of(self, key: str) -> np.ndarray:
+    """float32 [P]: each member's value of a candidate key (e.g. "model.mu")."""
+    return np.asarray(self.values[key], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Adversary:
+  """The modality discriminator's game (`config.adv`)."""
+
+  enabled: bool
+  mode: str  # "alternating" or "reversal"
+  schedule: str  # "dann" or "constant"
+  d_steps: int
+  generator_loss: str  # "minimax" or "confusion"
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimiser:
+  """Adam's static settings (`config.optim`; the learning rates are hyperparameters)."""
+
+  b1: float
+  b2: float
+  grad_clip: float  # 0: off
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFeed:
+  """How batches reach the devices (`config.train.batch_size`, `config.parallel`)."""
+
+  batch_size: int  # the global batch
+  num_devices: int  # 0: every device
+  feed: str  # "auto", "device" or "host"
+  host_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """When a run evaluates, saves and stops (`config.train`)."""
+
+  steps: int
+  eval_every: int
+  checkpoint_every: int
+  keep_checkpoints: int
+  patience: int
+  max_nonfinite: int
 
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-  config: object  # the validated config (static settings: widths, optimiser betas, cadences)
   method: methods.Method
   spec: DataSpec | None
-  terms: tuple[Term, ...]  # the active terms, by name
+  data: DataSource
+  architecture: Architecture
+  retrieval: str  # what is ranked: "common" or "joint" (each member's mu is a hyperparameter)
+  terms: tuple[ActiveTerm, ...]  # the active terms, by name
   seeds: tuple[int, ...]  # per member
-  values: dict  # {candidate key: (value of member 0, ...)}: every hyperparameter that may be traced
-  traced: tuple[str, ...]  # the keys that enter the step as traced scalars
+  hparams: HParams
+  adversary: Adversary
+  optimiser: Optimiser
+  feed: DataFeed
+  schedule: Schedule
+  evaluation: Evaluation
   # What shapes the training loop beyond its arguments; None: no spec, or a loss term from
   # outside the package (see `_program_key`), and the loop is traced as usual.
   program_key: str | None
@@ -91,32 +169,18 @@ class RunPlan:
 
   @property
   def adversarial(self) -> bool:
-    return bool(self.config.adv.enabled)
+    return self.adversary.enabled
 
   @property
   def metric_names(self) -> tuple[str, ...]:
     return (*STEP_METRICS, *(f"loss_{t.name}" for t in self.terms))
 
-  @property
-  def hparams(self) -> dict[str, jnp.ndarray]:
-    """{traced key: float32 [P]}: the members' values, as the train state carries them."""
-    return {k: jnp.asarray(self.values[k], jnp.float32) for k in self.traced}
-
-  def values_in(self, traced: dict) -> dict:
-    """Every candidate hyperparameter inside the step: the traced values of `traced` (one
-    member's `state.hparams`), the others as the Python constants they are (0.0)."""
-    return {k: traced[k] if k in self.traced else float(v[0]) for k, v in self.values.items()}
-
-  def member_values(self, key: str) -> np.ndarray:
-    """float32 [P]: each member's value of a candidate key (e.g. "model.mu")."""
-    return np.asarray(self.values[key], np.float32)
-
   def describe(self) -> list[dict]:
     """Per member: its seed and the values of the keys that differ between members."""
-    differing = [k for k in self.traced if len(set(self.values[k])) > 1]
+    h = self.hparams
+    differing = [k for k in h.traced if len(set(h.values[k])) > 1]
     return [
-      {"seed": s, **{k: float(self.values[k][m]) for k in differing}}
-      for m, s in enumerate(self.seeds)
+      {"seed": s, **{k: float(h.values[k][m]) for k in differing}} for m, s in enumerate(self.seeds)
     ]
 
 
@@ -133,7 +197,7 @@ def resolve(config, spec: DataSpec | None = None) -> RunPlan:
   terms, term_values = _terms(config, spec)
   size = int(config.population.size)
   defaults = {**{k: dotted.get(config, k) for k in BASE_TRACED}, **term_values}
-  sweep = _sweep(config, size, defaults)
+  sweep = _sweep(config, defaults)
   seeds = tuple(int(config.seed) + (m if config.population.vary_seed else 0) for m in range(size))
   values = {
     key: tuple(float(v) for v in sweep.get(key, [value] * size)) for key, value in defaults.items()
@@ -143,10 +207,33 @@ def resolve(config, spec: DataSpec | None = None) -> RunPlan:
   if spec is not None:
     _check_data(config, spec)
   key = None if spec is None else _program_key(config, spec, traced, terms)
-  return RunPlan(config, method, spec, terms, seeds, values, traced, key)
+  a, t, o, p = config.adv, config.train, config.optim, config.parallel
+  return RunPlan(
+    method=method,
+    spec=spec,
+    data=DataSource.of(config),
+    architecture=Architecture.of(config),
+    retrieval=config.model.retrieval,
+    terms=terms,
+    seeds=seeds,
+    hparams=HParams(values, traced),
+    adversary=Adversary(bool(a.enabled), a.mode, a.schedule, int(a.d_steps), a.generator_loss),
+    optimiser=Optimiser(float(o.b1), float(o.b2), float(o.grad_clip)),
+    feed=DataFeed(int(t.batch_size), int(p.num_devices), p.feed, int(p.host_steps)),
+    schedule=Schedule(
+      int(t.steps),
+      int(t.eval_every),
+      int(t.checkpoint_every),
+      int(t.keep_checkpoints),
+      int(t.patience),
+      int(t.max_nonfinite),
+    ),
+    evaluation=Evaluation.of(config),
+    program_key=key,
+  )
 
 
-def _terms(config, spec) -> tuple[tuple[Term, ...], dict]:
+def _terms(config, spec) -> tuple[tuple[ActiveTerm, ...], dict]:
   """The active terms, and {loss.<term>.<weight or float option>: value} of each."""
   terms, values = [], {}
   for name in sorted(config.loss.keys()):
@@ -158,7 +245,7 @@ def _terms(config, spec) -> tuple[tuple[Term, ...], dict]:
       continue
     floats = tuple(o for o, v in sorted(entry.items()) if type(v) is float)
     static = {o: v for o, v in entry.items() if o not in floats}
-    terms.append(Term(name, static, floats))
+    terms.append(ActiveTerm(name, registry.term(name).fn, static, floats))
     values[f"loss.{name}.weight"] = weight
     values.update({f"loss.{name}.{o}": entry[o] for o in floats})
   if not terms:
@@ -173,31 +260,16 @@ def _terms(config, spec) -> tuple[tuple[Term, ...], dict]:
   return tuple(terms), values
 
 
-def _sweep(config, size: int, candidates: dict) -> dict[str, list]:
+def _sweep(config, candidates: dict) -> dict[str, list]:
   """`population.hparams`, checked: traced keys only, one finite number per member."""
-  raw = config.population.hparams
-  if not raw:
-    return {}
-  try:
-    sweep = json.loads(raw) if isinstance(raw, str) else dict(raw)
-  except json.JSONDecodeError as e:
-    raise ConfigError(f"config.population.hparams is not a JSON object: {e}") from None
-  if not isinstance(sweep, dict):
-    raise ConfigError("config.population.hparams must be a JSON object {key: [values]}")
+  sweep = population_sweep(config)
   allowed = set(candidates)
-  for key, values in sweep.items():
+  for key in sweep:
     if key not in allowed:
       raise ConfigError(
         f"config.population.hparams: {key!r} cannot differ between members (it changes the "
         f"program's shape or is not an active float setting); these can: {sorted(allowed)}"
       )
-    if not isinstance(values, list | tuple) or len(values) != size:
-      raise ConfigError(
-        f"config.population.hparams[{key!r}] needs one value per member ({size}), got {values!r}"
-      )
-    for v in values:
-      if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
-        raise ConfigError(f"config.population.hparams[{key!r}]: {v!r} is not a finite number")
   return sweep
 
 
@@ -230,7 +302,7 @@ def _program_key(config, spec: DataSpec, traced, terms) -> str | None:
   values it closes over can all change under the same name, and a stale traced program would
   train the old loss without a word. Such plans get no key, so their loop is traced each run.
   """
-  if any(not _inside_package(registry.term(t.name).fn) for t in terms):
+  if any(not _inside_package(t.fn) for t in terms):
     return None
   skip = {*traced, *_NOT_IN_PROGRAM}
   flat = dotted.flatten(config)

@@ -1,7 +1,8 @@
 """The training program of a run plan: `build(plan, num_examples)` is the one public way to get
-what training needs (the networks, the optimisers, the initial state, the donated device loop and
-the embedding function). The trainer, the hyperparameter search, the benchmarks and the tests all
-build their programs here, so what they run is what train.py runs.
+what training needs (the networks, the optimisers, the initial state, the donated device loop,
+the names of its metrics and the embedding function). The trainer, the hyperparameter search,
+the benchmarks and the tests all build their programs here, so what they run is what train.py
+runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from mscross.methods import models
+from mscross.runs import embedding
 from mscross.training import evaluation, loop, step
 from mscross.training.plan import RunPlan
 
@@ -32,15 +34,20 @@ class Program:
   # (gen params [P, ...], disc params [P, ...], inputs) -> [P] modality-correct counts
   disc_accuracy: Callable
 
+  @property
+  def metric_names(self) -> tuple[str, ...]:
+    """The step's metrics, as the loop averages them over a chunk (losses, lambda, norms)."""
+    return self.loop.metric_names
+
   def init_state(self) -> step.TrainState:
     """The population's initial state: every member's seed and traced hyperparameters."""
     p = self.plan
-    return step.init_population(self.net, self.disc, p.spec, self.txs, p.seeds, p.hparams)
+    return step.init_population(self.net, self.disc, p.spec, self.txs, p.seeds, p.hparams.initial())
 
   @property
   def mu(self) -> jnp.ndarray:
     """float32 [P]: each member's weight of the common part in joint retrieval."""
-    return jnp.asarray(self.plan.member_values("model.mu"))
+    return jnp.asarray(self.plan.hparams.of("model.mu"))
 
   def member_step(self) -> Callable:
     """One member's step without a device mesh (`jax.jit` it, lower it, or vmap it)."""
@@ -52,26 +59,27 @@ class Program:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
 
 
-def build(plan: RunPlan, num_examples: int, *, cache: bool = True) -> Program:
+def build(plan: RunPlan, num_examples: int, *, cache_dir: str | None = None) -> Program:
   """The program of `plan` (resolved with its data spec) for a training split of `num_examples`
-  pairs, on `config.parallel.num_devices` devices. `cache=False` never keeps the traced loop on
-  disk (`program_cache`)."""
+  pairs, on `plan.feed.num_devices` devices. With `cache_dir` the traced loop is kept there
+  (`program_cache`); without, it is traced as usual."""
   if plan.spec is None:
     raise ValueError("build() needs a plan resolved with the data spec: plan.resolve(config, spec)")
-  c = plan.config
-  net, disc = models.build_models(c, plan.spec)
-  txs = step.make_optimizers(c.optim)
-  mesh = loop.make_mesh(loop.resolve_num_devices(c))
+  net, disc = models.build_models(plan.architecture, plan.spec)
+  txs = step.make_optimizers(plan.optimiser)
+  mesh = loop.make_mesh(loop.resolve_num_devices(plan.feed))
   step_fn = step.make_step(plan, net, disc, txs, axis_name=loop.AXIS)
   train_loop = loop.TrainLoop(
     step_fn,
     mesh,
     num_examples,
-    int(c.train.batch_size),
-    feed=c.parallel.feed,
-    host_steps=int(c.parallel.host_steps),
-    program_key=plan.program_key if cache else None,
+    plan.feed.batch_size,
+    metric_names=plan.metric_names,
+    feed=plan.feed.feed,
+    host_steps=plan.feed.host_steps,
+    program_key=plan.program_key,
+    cache_dir=cache_dir,
   )
-  embed = evaluation.make_population_embed_fn(c, net)
+  embed = embedding.make_population_embed_fn(plan.retrieval, net)
   disc_accuracy = evaluation.make_population_disc_accuracy_fn(net, disc)
   return Program(plan, net, disc, txs, mesh, step_fn, train_loop, embed, disc_accuracy)

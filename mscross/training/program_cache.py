@@ -10,8 +10,8 @@ structure and shardings of the arguments. A later run with the same key loads th
 (milliseconds) and compiles it, which the compilation cache then answers. A plan with a loss term
 registered outside the package has no key (`plan._program_key`): its code is not in the digest.
 
-The cache lives beside JAX's (`cli.enable_compilation_cache` sets `DIRECTORY`); with no
-directory set, as in library use, nothing is kept and programs are traced as usual.
+The cache lives beside JAX's (`mscross.caches.programs()`), where train.py and tune.py ask for
+it; a caller that names no directory, as in library use, keeps nothing and traces as usual.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ import jax
 from mscross import atomic
 
 log = logging.getLogger(__name__)
-
-DIRECTORY: str | None = None
 
 
 @functools.cache
@@ -52,16 +50,14 @@ def _signature(args) -> str:
   return "\n".join(parts)
 
 
-def exported(jitted: Callable, key: str, *args, donate_argnums=()) -> Callable:
-  """A function equal to `jitted` on arguments shaped like `args`: loaded from the cache when
-  an artefact of this key and signature exists, else exported (traced once) and saved.
+def exported(jitted: Callable, key: str, directory: str, *args, donate_argnums=()) -> Callable:
+  """A function equal to `jitted` on arguments shaped like `args`: loaded from `directory` when
+  an artefact of this key and signature exists, else exported (traced once) and saved there.
 
   `jitted` must take and return flat lists/dicts of arrays (jax.export serializes only the
-  standard containers). Falls back to `jitted` itself when there is no cache directory or the
-  artefact cannot be written or read.
+  standard containers). Falls back to `jitted` itself when the artefact cannot be written or
+  read.
   """
-  if DIRECTORY is None:
-    return jitted
   material = "\n".join(
     [
       key,
@@ -72,7 +68,7 @@ def exported(jitted: Callable, key: str, *args, donate_argnums=()) -> Callable:
       _signature(args),
     ]
   )
-  path = os.path.join(DIRECTORY, hashlib.sha256(material.encode()).hexdigest()[:32] + ".jaxexport")
+  path = os.path.join(directory, hashlib.sha256(material.encode()).hexdigest()[:32] + ".jaxexport")
   try:
     from jax import export as jax_export
 
@@ -81,7 +77,7 @@ def exported(jitted: Callable, key: str, *args, donate_argnums=()) -> Callable:
         program = jax_export.deserialize(bytearray(f.read()))
     else:
       program = jax_export.export(jitted)(*args)
-      os.makedirs(DIRECTORY, exist_ok=True)
+      os.makedirs(directory, exist_ok=True)
       atomic.write_bytes(path, program.serialize())
   except Exception as e:  # noqa: BLE001 - a cache must never stop a run: trace as usual
     log.debug("program cache unavailable (%s); tracing", e)

@@ -1,5 +1,5 @@
 """The run's log: `history.jsonl` (losses and validation metrics at every evaluation), TensorBoard
-event files and the final `metrics.json` (`summary`), all written by process 0 only.
+event files and the final `metrics.json` (`final_result`), all written by process 0 only.
 
 A resumed run first drops the history records of steps after its checkpoint: that training was
 lost with the process and is done again, so its records are written again too.
@@ -13,9 +13,8 @@ import time
 
 import numpy as np
 
-from mscross import atomic
-from mscross.training import evaluation
-from mscross.training import workdir as workdir_lib
+from mscross import atomic, metrics
+from mscross.runs import layout
 
 
 def _record_step(line: str) -> float:
@@ -55,10 +54,10 @@ class RunLog:
   def __init__(self, workdir: str, step: int, *, enabled: bool = True):
     self.workdir, self.enabled = workdir, enabled
     self._history = open(self._truncated(step) if enabled else os.devnull, "a")  # noqa: SIM115
-    self._board = _Board(workdir_lib.path(workdir, workdir_lib.TENSORBOARD)) if enabled else None
+    self._board = _Board(layout.path(workdir, layout.TENSORBOARD)) if enabled else None
 
   def _truncated(self, step: int) -> str:
-    path = workdir_lib.path(self.workdir, workdir_lib.HISTORY)
+    path = layout.path(self.workdir, layout.HISTORY)
     if os.path.exists(path):
       with open(path) as f:
         lines = f.readlines()
@@ -104,7 +103,7 @@ class RunLog:
     self._history.flush()
 
 
-def summary(
+def final_result(
   plan,
   tracker,
   scored: dict[str, list[dict]],
@@ -117,7 +116,7 @@ def summary(
   """What metrics.json holds: the run, every member (its seed and differing hyperparameters,
   best step, why it stopped, its scores) and the mean and std over the members that have a
   selected state. `scored` is {"validation": [metrics per member], "test": [...]}."""
-  config, spec = plan.config, plan.spec
+  spec = plan.spec
   members = []
   for i, info in enumerate(plan.describe()):
     entry = {
@@ -134,14 +133,14 @@ def summary(
   # A member that diverged before its first evaluation has no selected state.
   kept = [e for e in members if e["best_step"] >= 0]
   result = {
-    "method": config.method,
-    "dataset": config.data.name,
+    "method": plan.method.name,
+    "dataset": plan.data.name,
     "modalities": list(spec.modalities),
     "labelled": spec.num_classes > 0,
     "steps": int(steps),
-    "max_steps": int(config.train.steps),
+    "max_steps": plan.schedule.steps,
     "population": plan.size,
-    "select_metric": config.eval.select_metric,
+    "select_metric": plan.evaluation.select_metric,
     "train_seconds": round(train_seconds, 3),
     # Process start to the first trained step of this process (None: nothing left to train).
     "startup_seconds": None if startup_seconds is None else round(startup_seconds, 3),
@@ -149,51 +148,8 @@ def summary(
   }
   for key in ("val", "test"):
     if kept and key in kept[0]:
-      result[key], result[f"{key}_std"] = evaluation.mean_and_std([e[key] for e in kept])
+      result[key], result[f"{key}_std"] = metrics.mean_and_std([e[key] for e in kept])
   return result
-
-
-GAME_KEYS = ("val_disc_acc", "lambda", "loss_adv")
-
-
-def read_history(workdir: str) -> list[dict]:
-  """The records of `history.jsonl` (empty when there is none); a line cut off by a crash
-  mid-write is left out."""
-  path = workdir_lib.path(workdir, workdir_lib.HISTORY)
-  if not os.path.exists(path):
-    return []
-  out = []
-  with open(path) as f:
-    for line in f:
-      try:
-        out.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return out
-
-
-def game_state(workdir: str, member: int = 0, best_step: int | None = None) -> dict | None:
-  """The adversarial game at the member's last evaluation (and at `best_step`, when given):
-  `val_disc_acc` (the discriminator's modality accuracy on validation embeddings; chance is
-  1/K), `lambda` (the adversary's current weight) and `loss_adv` (the generator's adversarial
-  term). None when the run had no adversary."""
-  records = [
-    r
-    for r in read_history(workdir)
-    if r.get("member", 0) == member and "val_disc_acc" in r and "config_change" not in r
-  ]
-  if not records:
-    return None
-  pick = lambda r: {"step": r["step"], **{k: r.get(k) for k in GAME_KEYS}}
-  out = {"last": pick(records[-1])}
-  at_best = [r for r in records if r["step"] == best_step]
-  if at_best:
-    out["best"] = pick(at_best[-1])
-  return out
-
-
-def write_metrics(workdir: str, result: dict) -> None:
-  atomic.write_json(workdir_lib.path(workdir, workdir_lib.METRICS), result)
 
 
 def process_age() -> float:

@@ -10,11 +10,12 @@ evaluations since then (early stopping with `train.patience`) and why the member
 * "training": it has not stopped yet.
 
 The tracker is saved with every checkpoint, so a resumed run selects exactly as an
-uninterrupted one.
+uninterrupted one. It is immutable: `update`, `stop` and `finish` return a new one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -22,13 +23,26 @@ import numpy as np
 TRAINING, PATIENCE, DIVERGED, PRUNED, CAP = "training", "patience", "diverged", "pruned", "cap"
 
 
+@dataclasses.dataclass(frozen=True)
 class Tracker:
-  def __init__(self, size: int, patience: int):
-    self.patience = int(patience)
-    self.best_score = np.full(size, -np.inf)
-    self.best_step = np.full(size, -1, np.int64)
-    self.since_best = np.zeros(size, np.int64)
-    self.status = [TRAINING] * size
+  """Per member: the best validation score and its step, the evaluations since, and the status.
+  Immutable: every change returns a new tracker."""
+
+  patience: int
+  best_score: np.ndarray  # float64 [P]
+  best_step: np.ndarray  # int64 [P], -1 before the first evaluation
+  since_best: np.ndarray  # int64 [P]
+  status: tuple[str, ...]
+
+  @classmethod
+  def start(cls, size: int, patience: int) -> Tracker:
+    return cls(
+      int(patience),
+      np.full(size, -np.inf),
+      np.full(size, -1, np.int64),
+      np.zeros(size, np.int64),
+      (TRAINING,) * size,
+    )
 
   @property
   def size(self) -> int:
@@ -38,31 +52,41 @@ class Tracker:
   def active(self) -> np.ndarray:
     return np.asarray([s == TRAINING for s in self.status])
 
-  def update(self, step: int, scores: np.ndarray) -> np.ndarray:
-    """Records the validation `scores` [P] of `step`; returns which members improved. Members
-    that stopped earlier are left alone; a member that runs out of patience stops here."""
+  @property
+  def all_diverged(self) -> bool:
+    """Every member stopped for non-finite steps: the run has nothing left to train."""
+    return all(s == DIVERGED for s in self.status)
+
+  def update(self, step: int, scores: np.ndarray) -> tuple[Tracker, np.ndarray]:
+    """The tracker after the validation `scores` [P] of `step`, and which members improved.
+    Members that stopped earlier are left alone; a member that runs out of patience stops."""
+    best_score, best_step = self.best_score.copy(), self.best_step.copy()
+    since_best, status = self.since_best.copy(), list(self.status)
     improved = np.zeros(self.size, bool)
     for m, score in enumerate(np.asarray(scores, np.float64)):
-      if self.status[m] != TRAINING:
+      if status[m] != TRAINING:
         continue
       # NaN (no query with a relevant item) never counts as better.
-      if not math.isnan(score) and score > self.best_score[m]:
-        self.best_score[m], self.best_step[m], self.since_best[m] = score, step, 0
+      if not math.isnan(score) and score > best_score[m]:
+        best_score[m], best_step[m], since_best[m] = score, step, 0
         improved[m] = True
       else:
-        self.since_best[m] += 1
-        if self.patience and self.since_best[m] >= self.patience:
-          self.status[m] = PATIENCE
-    return improved
+        since_best[m] += 1
+        if self.patience and since_best[m] >= self.patience:
+          status[m] = PATIENCE
+    return Tracker(self.patience, best_score, best_step, since_best, tuple(status)), improved
 
-  def stop(self, members, reason: str) -> None:
-    for m in np.flatnonzero(np.asarray(members, bool)):
-      if self.status[m] == TRAINING:
-        self.status[m] = reason
+  def stop(self, members, reason: str) -> Tracker:
+    """The tracker with `members` [P] (bool) that are still training stopped for `reason`."""
+    stopping = np.asarray(members, bool)
+    status = tuple(
+      reason if stop and s == TRAINING else s for s, stop in zip(self.status, stopping, strict=True)
+    )
+    return dataclasses.replace(self, status=status)
 
-  def finish(self) -> None:
+  def finish(self) -> Tracker:
     """At the step cap: members still training stopped by the cap."""
-    self.stop(self.active, CAP)
+    return self.stop(self.active, CAP)
 
   def to_json(self) -> dict:
     return {
@@ -75,13 +99,16 @@ class Tracker:
 
   @classmethod
   def from_json(cls, raw: dict, patience: int) -> Tracker:
-    t = cls(len(raw["status"]), patience)
-    t.best_score = np.asarray([-np.inf if s is None else s for s in raw["best_score"]], np.float64)
-    t.best_step = np.asarray(raw["best_step"], np.int64)
-    t.since_best = np.asarray(raw["since_best"], np.int64)
-    t.status = list(raw["status"])
+    since_best = np.asarray(raw["since_best"], np.int64)
     # A resumed run may have raised the patience or the cap: members stopped by either train on.
-    for m, s in enumerate(t.status):
-      if s == CAP or (s == PATIENCE and (not patience or t.since_best[m] < patience)):
-        t.status[m] = TRAINING
-    return t
+    status = tuple(
+      TRAINING if s == CAP or (s == PATIENCE and (not patience or since_best[m] < patience)) else s
+      for m, s in enumerate(raw["status"])
+    )
+    return cls(
+      int(patience),
+      np.asarray([-np.inf if s is None else s for s in raw["best_score"]], np.float64),
+      np.asarray(raw["best_step"], np.int64),
+      since_best,
+      status,
+    )

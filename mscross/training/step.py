@@ -24,7 +24,8 @@ flag is off (stopped by patience, divergence or pruning) takes no step at all.
 `mscross.training.loop` vmaps it over the population axis of the state. The continuous
 hyperparameters (learning rates, loss weights and float options, the adversary's weight, the
 run's length) are read from `state.hparams`, traced, so members can differ in them under one
-compilation.
+compilation: once per step, `plan.hparams.inside(state.hparams)` gives every value the step
+and its objectives use.
 
 Data parallelism (`axis_name`, run under `jax.shard_map` by `mscross.training.loop`): the state is
 replicated; each device runs the networks on its own shard of the global batch; the network
@@ -56,9 +57,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from mscross.methods import losses, registry
+from mscross.methods import losses
 from mscross.methods.models import CrossModalNet, DataSpec, ModalityDiscriminator
-from mscross.training.plan import RunPlan, Term
+from mscross.training.plan import ActiveTerm, Optimiser, RunPlan
 
 
 @flax.struct.dataclass
@@ -76,10 +77,9 @@ class TrainState:
   active: jax.Array  # bool: False once the member has stopped
 
 
-def make_optimizers(optim_config) -> dict[str, optax.GradientTransformation]:
-  """Adam's scaling for the generator and for the discriminator, each over its own subtree, of
-  `config.optim`; the learning rates are applied in the step from the traced `hparams`."""
-  o = optim_config
+def make_optimizers(o: Optimiser) -> dict[str, optax.GradientTransformation]:
+  """Adam's scaling for the generator and for the discriminator, each over its own subtree; the
+  learning rates are applied in the step from the traced `hparams`."""
   txs = {}
   for name in ("gen", "disc"):
     tx = optax.scale_by_adam(b1=o.b1, b2=o.b2)
@@ -133,38 +133,31 @@ def init_population(net, disc, spec, txs, seeds, hparams: dict) -> TrainState:
   return jax.jit(build)(seeds, hparams)
 
 
-def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
-  """Generator params of `seed` alone: the restore target when only the generator is needed."""
-  dummy = {m: jnp.zeros((2, d)) for m, d in zip(spec.modalities, spec.dims, strict=True)}
-  k_gen, _ = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 0))
-  return net.init(k_gen, dummy)["params"]
-
-
-def adversarial_lambda(plan: RunPlan, h: dict, step: jax.Array) -> jax.Array:
-  """lam of `step`, from the hyperparameters `h` (`plan.values_in`): the adversary's weight, its
-  ramp's length (`adv.ramp_steps`, 0: the run's length) and the run's length, all traced, so
-  another step cap or ramp reuses the compiled program."""
+def adversarial_lambda(plan: RunPlan, values: dict, step: jax.Array) -> jax.Array:
+  """lam of `step`, from the step's hyperparameters `values` (`plan.hparams.inside`): the
+  adversary's weight, its ramp's length (`adv.ramp_steps`, 0: the run's length) and the run's
+  length, all traced, so another step cap or ramp reuses the compiled program."""
   if not plan.adversarial:
     return jnp.zeros((), jnp.float32)
-  weight = h["adv.weight"]
-  if plan.config.adv.schedule == "dann":
-    ramp = jnp.asarray(h["adv.ramp_steps"], jnp.float32)
-    total = jnp.where(ramp > 0, ramp, jnp.asarray(h["train.steps"], jnp.float32))
+  weight = values["adv.weight"]
+  if plan.adversary.schedule == "dann":
+    ramp = jnp.asarray(values["adv.ramp_steps"], jnp.float32)
+    total = jnp.where(ramp > 0, ramp, jnp.asarray(values["train.steps"], jnp.float32))
     return weight * losses.dann_lambda(step.astype(jnp.float32) / jnp.maximum(total, 1.0))
   return weight * jnp.ones((), jnp.float32)
 
 
 def embedding_loss(
-  terms: tuple[Term, ...], h: dict, out, batch, *, params, rng
+  terms: tuple[ActiveTerm, ...], values: dict, out, batch, *, params, rng
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Weighted sum of the active terms, and each unweighted term for logging; the weights and
-  float options come from the hyperparameters `h` (`plan.values_in`)."""
+  float options come from the step's hyperparameters `values` (`plan.hparams.inside`)."""
   parts, total = {}, jnp.zeros((), jnp.float32)
   for i, t in enumerate(terms):
-    parts[t.name] = registry.LOSS_TERMS[t.name].fn(
-      out, batch, params=params, rng=jax.random.fold_in(rng, i), **t.options(h)
+    parts[t.name] = t.fn(
+      out, batch, params=params, rng=jax.random.fold_in(rng, i), **t.options(values)
     )
-    total = total + t.weight(h) * parts[t.name]
+    total = total + t.weight(values) * parts[t.name]
   return total, parts
 
 
@@ -192,15 +185,15 @@ class Objectives(NamedTuple):
 
   forward: Callable  # (gen_params, batch) -> network outputs of the local batch
   adversarial: Callable  # (disc_params, emb [K, B, d]) -> L_adv, D's modality loss
-  generator: Callable  # (gen, disc, batch, rng, lam, hparams) -> (L_emb -/+ lam L_adv, aux)
-  reversal: Callable  # ({gen, disc}, batch, rng, lam, hparams) -> (L_emb + L_adv(GRL(z)), aux)
+  generator: Callable  # (gen, disc, batch, rng, lam, values) -> (L_emb -/+ lam L_adv, aux)
+  reversal: Callable  # ({gen, disc}, batch, rng, lam, values) -> (L_emb + L_adv(GRL(z)), aux)
 
 
 def make_objectives(
   plan: RunPlan, net: CrossModalNet, disc: ModalityDiscriminator, axis_name: str | None = None
 ) -> Objectives:
   """The objectives of `plan`; `axis_name`: the data-parallel mesh axis (None: no mesh).
-  `hparams` arguments are one member's traced `state.hparams`."""
+  `values` arguments are one member's hyperparameters, `plan.hparams.inside(state.hparams)`."""
   adversarial = plan.adversarial
 
   def forward(gen_params, batch):
@@ -209,20 +202,20 @@ def make_objectives(
   def adv_loss(disc_params, emb):
     return losses.modality_adversarial_loss(disc.apply({"params": disc_params}, emb))
 
-  def gathered_loss(gen_params, batch, rng, hparams):
+  def gathered_loss(gen_params, batch, rng, values):
     out, labels = all_gather_batch(forward(gen_params, batch), batch.get("label"), axis_name)
     if labels is None:
       # Instance-level retrieval: every pair is its own class.
       labels = jnp.eye(out["emb"].shape[1], dtype=jnp.float32)
     l_emb, parts = embedding_loss(
-      plan.terms, plan.values_in(hparams), out, {"label": labels}, params=gen_params, rng=rng
+      plan.terms, values, out, {"label": labels}, params=gen_params, rng=rng
     )
     return out, l_emb, parts
 
-  confusion = plan.config.adv.generator_loss == "confusion"
+  confusion = plan.adversary.generator_loss == "confusion"
 
-  def generator_objective(gen_params, disc_params, batch, rng, lam, hparams):
-    out, l_emb, parts = gathered_loss(gen_params, batch, rng, hparams)
+  def generator_objective(gen_params, disc_params, batch, rng, lam, values):
+    out, l_emb, parts = gathered_loss(gen_params, batch, rng, values)
     if not adversarial:
       return l_emb, (l_emb, jnp.zeros(()), parts)
     if confusion:
@@ -232,8 +225,8 @@ def make_objectives(
     l_adv = adv_loss(disc_params, out["emb"])
     return l_emb - lam * l_adv, (l_emb, l_adv, parts)
 
-  def reversal_objective(params, batch, rng, lam, hparams):
-    out, l_emb, parts = gathered_loss(params["gen"], batch, rng, hparams)
+  def reversal_objective(params, batch, rng, lam, values):
+    out, l_emb, parts = gathered_loss(params["gen"], batch, rng, values)
     l_adv = adv_loss(params["disc"], losses.gradient_reversal(out["emb"], lam))
     return l_emb + l_adv, (l_emb, l_adv, parts)
 
@@ -255,8 +248,8 @@ def make_step(
   metrics (global-batch losses) and the new state are then identical on every device.
   """
   adversarial = plan.adversarial
-  reversal = adversarial and plan.config.adv.mode == "reversal"
-  d_steps = int(plan.config.adv.d_steps)
+  reversal = adversarial and plan.adversary.mode == "reversal"
+  d_steps = plan.adversary.d_steps
   obj = make_objectives(plan, net, disc, axis_name)
   # See the module docstring for why a mean (not a sum) is the single-device gradient.
   pmean = (lambda tree: tree) if axis_name is None else (lambda tree: lax.pmean(tree, axis_name))
@@ -266,8 +259,7 @@ def make_step(
     return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    h = state.hparams
-    values = plan.values_in(h)
+    values = plan.hparams.inside(state.hparams)
     lr = values["optim.lr"]
     disc_lr = jnp.where(values["optim.disc_lr"] > 0, values["optim.disc_lr"], lr)
     lrs = {"gen": lr, "disc": disc_lr}
@@ -279,7 +271,7 @@ def make_step(
 
     if reversal:
       grads, (l_emb, l_adv, parts) = jax.grad(obj.reversal, has_aux=True)(
-        params, batch, rng, lam, h
+        params, batch, rng, lam, values
       )
       grads = pmean(grads)
       for name in ("gen", "disc"):
@@ -291,7 +283,7 @@ def make_step(
       d_norm = optax.tree_utils.tree_norm(grads["disc"])
     else:
       g_grads, (l_emb, l_adv, parts) = jax.grad(obj.generator, has_aux=True)(
-        params["gen"], params["disc"], batch, rng, lam, h
+        params["gen"], params["disc"], batch, rng, lam, values
       )
       g_grads = pmean(g_grads)
       params["gen"], opt_state["gen"] = apply("gen", params["gen"], opt_state["gen"], g_grads, lr)
@@ -338,7 +330,4 @@ def make_step(
     metrics.update({f"loss_{k}": v for k, v in parts.items()})
     return new_state, metrics
 
-  # The loop's metric accumulators are built from these names (`plan.metric_names`): deriving
-  # them by tracing the step (eval_shape) would cost a whole extra trace at every start.
-  step_fn.metric_names = plan.metric_names
   return step_fn

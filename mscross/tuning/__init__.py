@@ -10,7 +10,7 @@ from mscross.tuning.search import (
   group_config,
   load_study,
   open_study,
-  summary,
+  study_summary,
   tune,
 )
 from mscross.tuning.storage import DEFAULT_RECOVERY_SECONDS, STUDY_DB, StorageError
@@ -26,6 +26,6 @@ __all__ = [
   "group_config",
   "load_study",
   "open_study",
-  "summary",
+  "study_summary",
   "tune",
 ]

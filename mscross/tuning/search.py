@@ -177,12 +177,14 @@ def tune(
   seed: int = 0,
   recovery_seconds: float = storage_lib.DEFAULT_RECOVERY_SECONDS,
   progress=print,
+  program_cache: str | None = None,
 ):
   """Runs (or joins, or resumes) the study of `workdir` (or `storage`) until it has `trials`
   finished trials; a worker whose last claim finds nothing left ends, while others may still
   train. Returns the study; writes `best_config.json` and `trials.jsonl` into `workdir`.
   `recovery_seconds`: how long a trial's heartbeat may be silent before another worker takes
-  its worker for dead and runs it again."""
+  its worker for dead and runs it again. `program_cache`: where traced programs are kept
+  (`mscross.training.program_cache`), None for nowhere."""
   if trials < 1 or population < 1:
     raise ConfigError("trials and population must be positive")
   if not recovery_seconds > 0:
@@ -200,7 +202,9 @@ def tune(
     return _claim_group(study, url, workdir, space, trials, population, recovery_seconds)
 
   while group := again(claim):
-    _run_group(study, config, method, group, workdir, recovery_seconds, again, progress)
+    _run_group(
+      study, config, method, group, workdir, recovery_seconds, again, progress, program_cache
+    )
     again(lambda: _report(study, workdir, config, method, progress, [t for t, _ in group]))
   again(lambda: _report(study, workdir, config, method, progress, []))
   return study
@@ -229,7 +233,9 @@ def group_dir(workdir: str, study, trials, progress) -> str:
   return run_dir
 
 
-def _run_group(study, config, method, group, workdir, recovery_seconds, again, progress) -> None:
+def _run_group(
+  study, config, method, group, workdir, recovery_seconds, again, progress, program_cache
+) -> None:
   import optuna
 
   select = config.eval.select_metric
@@ -263,6 +269,7 @@ def _run_group(study, config, method, group, workdir, recovery_seconds, again, p
         run_dir,
         evaluate_test=False,
         on_evaluation=on_evaluation,
+        program_cache=program_cache,
       )
   except _TakenOver:
     progress(taken_over)
@@ -295,7 +302,7 @@ def _run_group(study, config, method, group, workdir, recovery_seconds, again, p
       return
 
 
-def summary(study) -> str:
+def study_summary(study) -> str:
   """One line on the study as the database has it: complete, or still running on other workers,
   with its best trial (so far)."""
   c = counts(study)

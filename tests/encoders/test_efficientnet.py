@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from torch_files import dict_opcodes, legacy_file, tensor_opcodes
 
-from mscross import encoders
+from mscross import caches, encoders
 from mscross.encoders import efficientnet, weights
 from mscross.errors import DataError
 
@@ -34,7 +34,7 @@ def _source() -> Path:
 def model(tmp_path_factory):
   """The registered encoder, converted into a fresh cache (never the user's)."""
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(weights.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+    patch.setenv(caches.ROOT_ENV, str(tmp_path_factory.mktemp("cache")))
     yield encoders.get("efficientnet_lite0", "image").load()
 
 
@@ -80,7 +80,7 @@ def test_registered_encoder(model):
 
 
 def test_conversion_is_cached(tmp_path, monkeypatch):
-  monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path))
+  monkeypatch.setenv(caches.ROOT_ENV, str(tmp_path))
   calls = []
 
   def counting(path):
@@ -91,7 +91,7 @@ def test_conversion_is_cached(tmp_path, monkeypatch):
   second, again = weights.converted("efficientnet_lite0", _source(), counting)
   assert len(calls) == 1
   assert again == fingerprint
-  assert [p.name for p in (tmp_path / "encoders").iterdir()] == [f"{fingerprint}.npz"]
+  assert [p.name for p in caches.weights().iterdir()] == [f"{fingerprint}.npz"]
   assert jax.tree.structure(first) == jax.tree.structure(second)
   assert all(jax.tree.leaves(jax.tree.map(np.array_equal, first, second)))
 

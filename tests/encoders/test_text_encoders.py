@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from mscross import encoders
+from mscross import caches, encoders
 from mscross.encoders import minilm as minilm_lib
 from mscross.encoders import weights
 from mscross.encoders import wordllama as wordllama_lib
@@ -34,7 +34,7 @@ def cache(tmp_path_factory):
   touch the user's cache."""
   path = tmp_path_factory.mktemp("cache")
   with pytest.MonkeyPatch.context() as patch:
-    patch.setenv(weights.CACHE_ENV, str(path))
+    patch.setenv(caches.ROOT_ENV, str(path))
     yield path
 
 
@@ -130,7 +130,7 @@ def test_minilm_params_fit_the_module(loaded):
 @pytest.mark.parametrize("name", NAMES)
 def test_conversion_is_cached(name, cache, loaded, monkeypatch):
   first, _ = loaded[name]
-  files = sorted((cache / "encoders").glob(f"{name}-*.npz"))
+  files = sorted((cache / caches.WEIGHTS).glob(f"{name}-*.npz"))
   assert [f.stem for f in files] == [first.fingerprint]
 
   def convert(path):

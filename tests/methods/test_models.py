@@ -252,16 +252,16 @@ def test_encoder_widths_with_per_modality_override():
   c.model.encoders["a"] = (10, 3)
   # No hidden layer at all is an override too, not a fall-back to the default.
   c.model.encoders["c"] = ()
-  assert models.encoder_widths(c.model, "a") == (10, 3, 8)
-  assert models.encoder_widths(c.model, "b") == (16, 8)
-  assert models.encoder_widths(c.model, "c") == (8,)
+  assert models.Architecture.of(c).encoder_widths("a") == (10, 3, 8)
+  assert models.Architecture.of(c).encoder_widths("b") == (16, 8)
+  assert models.Architecture.of(c).encoder_widths("c") == (8,)
 
 
 def test_build_models_from_preset():
   c = small_config("ms2gan")
   c.model.encoders["b"] = (5, 4)
   spec = spec_of(("a", "b", "c"))
-  net, disc = models.build_models(c, spec)
+  net, disc = models.build_models(models.Architecture.of(c), spec)
   assert net.modalities == ("a", "b", "c")
   assert net.encoder_layers == ((16, 8), (5, 4, 8), (16, 8))
   assert net.num_classes == NUM_CLASSES
@@ -286,8 +286,8 @@ def test_build_models_from_preset():
 def test_bfloat16_computes_in_bfloat16_with_float32_params_and_outputs():
   c16 = small_config("ms2gan", {"model.dtype": "bfloat16"})
   spec = spec_of(("a", "b"))
-  net16, disc16 = models.build_models(c16, spec)
-  net32, disc32 = models.build_models(small_config("ms2gan"), spec)
+  net16, disc16 = models.build_models(models.Architecture.of(c16), spec)
+  net32, disc32 = models.build_models(models.Architecture.of(small_config("ms2gan")), spec)
   assert net16.dtype == disc16.dtype == jnp.bfloat16
   inputs = inputs_of(spec.modalities, seed=5)
   params = init(net16, inputs)

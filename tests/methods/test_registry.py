@@ -51,7 +51,7 @@ def test_search_space_values_apply_to_the_config_they_name(method):
   for p in space:
     assert _preset_value(c, method, p) == pytest.approx(values[p.name]), p.name
   # Every continuous entry is a traced key, so members of one program can differ in it.
-  assert {p.name for p in space if p.continuous} <= set(plan.values)
+  assert {p.name for p in space if p.continuous} <= set(plan.hparams.values)
 
 
 def test_unknown_names_are_config_errors():

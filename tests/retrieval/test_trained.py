@@ -12,7 +12,7 @@ from conftest import REPO
 import mscross
 from mscross.errors import CheckpointError
 from mscross.retrieval import trained
-from mscross.training import workdir as workdir_lib
+from mscross.runs import layout
 
 
 def test_loading_a_finished_run_prints_nothing(trained_run):
@@ -30,7 +30,7 @@ def test_a_damaged_checkpoint_is_still_reported(trained_run, tmp_path):
   workdir, _ = trained_run
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)
-  best = copy / workdir_lib.CHECKPOINTS / "best"
+  best = copy / layout.CHECKPOINTS / "best"
   for root, _, files in os.walk(best):
     for name in files:
       if "state" in root.split(os.sep):
@@ -55,7 +55,7 @@ def test_the_eval_report_shows_the_game_at_the_reported_step(trained_run, tmp_pa
   trained.evaluate_workdir(str(copy), split="validation", report=True)
   with open(copy / "report_validation" / "report.json") as f:
     game = json.load(f)["game"]
-  with open(copy / workdir_lib.HISTORY) as f:
+  with open(copy / layout.HISTORY) as f:
     evals = [r for r in map(json.loads, f) if "val_disc_acc" in r]
   best = mscross.load(str(copy)).step
   assert game["chance"] == 0.5 and game["last"]["step"] == evals[-1]["step"]

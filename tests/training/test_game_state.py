@@ -10,7 +10,8 @@ import pytest
 from conftest import trainer_config
 
 from mscross.retrieval import trained
-from mscross.training import runlog, trainer, workdir
+from mscross.runs import layout
+from mscross.training import trainer
 
 # A ramp of 10 steps: the adversary acts within these short runs whatever their step cap.
 RUNS = {
@@ -28,7 +29,7 @@ def runs(tmp_path_factory):
   for name, overrides in RUNS.items():
     path = tmp_path_factory.mktemp(name)
     trainer.train_and_evaluate(trainer_config("acmr", steps=80, overrides=overrides), str(path))
-    with open(path / workdir.HISTORY) as f:
+    with open(path / layout.HISTORY) as f:
       history = [json.loads(line) for line in f]
     wd = trained.Workdir(str(path))
     out[name] = (str(path), history, wd.member(0).embed(wd.split("validation")))
@@ -50,9 +51,9 @@ def test_a_strong_adversary_keeps_the_discriminator_near_chance(runs):
   assert all(r["lambda"] > 0 and "loss_adv" in r for r in records if r["step"] >= 10)
   # What the benchmark and the report read back: the last evaluation, and the selected one.
   evals = [r for r in records if "val_disc_acc" in r]
-  state = runlog.game_state(path, 0, best_step=evals[2]["step"])
+  state = layout.game_state(path, 0, best_step=evals[2]["step"])
   last = evals[-1]
-  assert state["last"] == {"step": last["step"], **{k: last[k] for k in runlog.GAME_KEYS}}
+  assert state["last"] == {"step": last["step"], **{k: last[k] for k in layout.GAME_KEYS}}
   assert state["best"]["val_disc_acc"] == strong[2]
 
 
@@ -67,4 +68,4 @@ def test_the_adversary_moves_the_embeddings_and_nothing_else_does(runs):
 
 def test_no_discriminator_no_game_state(runs):
   path, history, _ = runs["off"]
-  assert _disc_acc(history) == [] and runlog.game_state(path) is None
+  assert _disc_acc(history) == [] and layout.game_state(path) is None

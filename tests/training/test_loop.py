@@ -41,7 +41,8 @@ from conftest import (
 from mscross import config as config_lib
 from mscross import data, presets
 from mscross.errors import ConfigError
-from mscross.training import input_pipeline, loop
+from mscross.training import batches, loop
+from mscross.training import plan as plan_lib
 
 N_EXAMPLES, BATCH, STEPS = 64, 16, 20
 SPEC = spec_of(("image", "text"))
@@ -105,7 +106,7 @@ def _nonfinite_guard(split):
   config = loop_config("mnsgan")
   train_loop, state = setup(config, 8)
   key = loop.to_host(state.data_key)[0]
-  first = np.asarray(input_pipeline.batch_indices(key, 0, N_EXAMPLES, BATCH))
+  first = np.asarray(batches.batch_indices(key, 0, N_EXAMPLES, BATCH))
   image = split.features["image"].copy()
   image[int(first[BATCH - 1]), 0] = np.nan  # the last device's last row
   bad = data.Split({"image": image, "text": split.features["text"]}, split.label, split.ids, ())
@@ -149,7 +150,7 @@ def _device_checks():
     c = loop_config()
     c.parallel.num_devices, c.train.batch_size = devices, batch
     try:
-      out[name] = loop.resolve_num_devices(c)
+      out[name] = loop.resolve_num_devices(plan_lib.resolve(c).feed)
     except ConfigError as e:
       out[name] = str(e)
   return out
@@ -408,7 +409,7 @@ def test_global_batch_must_divide_over_the_devices(equivalence):
   c = loop_config()
   c.parallel.num_devices = jax.device_count() + 1
   with pytest.raises(ConfigError, match="only"):
-    loop.resolve_num_devices(c)
+    loop.resolve_num_devices(plan_lib.resolve(c).feed)
 
 
 def test_bfloat16_trains_with_float32_params_and_close_outputs(equivalence):

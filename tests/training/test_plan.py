@@ -23,7 +23,7 @@ def test_terms_are_the_active_ones_with_every_option():
   mn = plan.terms[1]
   assert mn.static == {"negatives": "all", "k": 5}
   assert mn.floats == ("intra_weight", "margin", "tau")
-  assert plan.values["loss.multi_negative.tau"] == (0.05,)
+  assert plan.hparams.values["loss.multi_negative.tau"] == (0.05,)
   # MS2GAN switches its regulariser off: a zero weight is no term at all.
   assert "reg" not in [t.name for t in plan_lib.resolve(presets.build("ms2gan", "wikipedia")).terms]
   assert plan.metric_names[-3:] == ("loss_label", "loss_multi_negative", "loss_reg")
@@ -34,12 +34,13 @@ def test_zero_everywhere_stays_a_constant_and_the_run_length_is_traced():
   c = presets.build("mnsgan", "digits_halves")
   plan = plan_lib.resolve(c)
   # disc_lr 0 (= lr) and MNS-GAN's margin 0 switch work off, so they are not traced.
-  assert "optim.disc_lr" not in plan.traced and "loss.multi_negative.margin" not in plan.traced
-  assert {"optim.lr", "adv.weight", "train.steps", "loss.multi_negative.tau"} <= set(plan.traced)
-  assert plan.values["train.steps"] == (float(c.train.steps),)
-  inside = plan.values_in({k: f"traced {k}" for k in plan.traced})
+  h = plan.hparams
+  assert "optim.disc_lr" not in h.traced and "loss.multi_negative.margin" not in h.traced
+  assert {"optim.lr", "adv.weight", "train.steps", "loss.multi_negative.tau"} <= set(h.traced)
+  assert h.values["train.steps"] == (float(c.train.steps),)
+  inside = h.inside({k: f"traced {k}" for k in h.traced})
   assert inside["optim.lr"] == "traced optim.lr" and inside["optim.disc_lr"] == 0.0
-  assert set(plan.hparams) == set(plan.traced)
+  assert set(h.initial()) == set(h.traced)
 
 
 def test_population_members_and_their_hyperparameters():
@@ -48,8 +49,8 @@ def test_population_members_and_their_hyperparameters():
   c.population.hparams = json.dumps({"optim.lr": [1e-3, 2e-3], "loss.multi_negative.tau": [1, 2]})
   plan = plan_lib.resolve(c)
   assert plan.seeds == (7, 8)
-  assert plan.values["loss.multi_negative.tau"] == (1.0, 2.0)
-  assert plan.member_values("optim.lr").tolist() == pytest.approx([1e-3, 2e-3])
+  assert plan.hparams.values["loss.multi_negative.tau"] == (1.0, 2.0)
+  assert plan.hparams.of("optim.lr").tolist() == pytest.approx([1e-3, 2e-3])
   assert plan.describe() == [
     {"seed": 7, "optim.lr": 1e-3, "loss.multi_negative.tau": 1.0},
     {"seed": 8, "optim.lr": 2e-3, "loss.multi_negative.tau": 2.0},

@@ -5,13 +5,21 @@ import jax
 import numpy as np
 from conftest import flat, program_of, small_config, spec_of, synthetic_split
 
-from mscross.training import loop, program_cache
+from mscross.training import loop
 
 
-def _loop(config, key, split):
+def _loop(config, key, split, cache_dir):
   prog = program_of(config, spec_of(), len(split))
   # The same loop under another program key stands for another config's program.
-  train_loop = loop.TrainLoop(prog.step, prog.mesh, len(split), 8, program_key=key)
+  train_loop = loop.TrainLoop(
+    prog.step,
+    prog.mesh,
+    len(split),
+    8,
+    metric_names=prog.metric_names,
+    program_key=key,
+    cache_dir=cache_dir,
+  )
   return train_loop, loop.replicate(prog.init_state(), prog.mesh)
 
 
@@ -20,12 +28,10 @@ def test_a_second_run_loads_the_program_and_trains_identically(tmp_path, monkeyp
   config.population.size = 2
   split = synthetic_split(40, seed=1)
   # Without a cache directory: traced as usual (the reference).
-  monkeypatch.setattr(program_cache, "DIRECTORY", None)
-  loop, state = _loop(config, "key", split)
+  loop, state = _loop(config, "key", split, None)
   reference, ref_metrics = loop(state, loop.data(split), 7)
 
-  monkeypatch.setattr(program_cache, "DIRECTORY", str(tmp_path))
-  loop, state = _loop(config, "key", split)
+  loop, state = _loop(config, "key", split, str(tmp_path))
   first, _ = loop(state, loop.data(split), 7)
   saved = list(tmp_path.iterdir())
   assert len(saved) == 1 and saved[0].suffix == ".jaxexport"
@@ -35,7 +41,7 @@ def test_a_second_run_loads_the_program_and_trains_identically(tmp_path, monkeyp
     raise AssertionError("traced again")
 
   monkeypatch.setattr(jax.export, "export", no_export)
-  loop, state = _loop(config, "key", split)
+  loop, state = _loop(config, "key", split, str(tmp_path))
   second, metrics = loop(state, loop.data(split), 7)
   for got in (first, second):
     np.testing.assert_array_equal(flat(got.params), flat(reference.params))
@@ -44,7 +50,6 @@ def test_a_second_run_loads_the_program_and_trains_identically(tmp_path, monkeyp
 
   # Another key (another config) is another artefact, never the first one's program.
   monkeypatch.undo()
-  monkeypatch.setattr(program_cache, "DIRECTORY", str(tmp_path))
-  loop, state = _loop(config, "another key", split)
+  loop, state = _loop(config, "another key", split, str(tmp_path))
   loop(state, loop.data(split), 1)
   assert len(list(tmp_path.iterdir())) == 2

@@ -10,7 +10,8 @@ from conftest import TINY_ENCODERS, trainer_config, write_archive, write_image
 import mscross
 from mscross import data
 from mscross.errors import DataError
-from mscross.training import trainer, workdir
+from mscross.runs import layout
+from mscross.training import trainer
 
 
 def test_training_on_raw_pairs_lists_skipped_ones(tmp_path, monkeypatch, caplog):
@@ -24,11 +25,11 @@ def test_training_on_raw_pairs_lists_skipped_ones(tmp_path, monkeypatch, caplog)
   run = tmp_path / "run"
   result = trainer.train_and_evaluate(c, str(run))
   assert result["test"]["avg_map"] > 0
-  rows = (run / workdir.PROBLEMS).read_text().splitlines()
+  rows = (run / layout.PROBLEMS).read_text().splitlines()
   assert len(rows) == 2 and rows[1].startswith("train\ttxt40/img40\timage\t")
   assert "img40.jpg: no such image file" in rows[1]
   assert "1 pair(s) skipped" in caplog.text
-  assert json.loads((run / workdir.CONFIG).read_text())["data"]["encoders"] == TINY_ENCODERS
+  assert json.loads((run / layout.CONFIG).read_text())["data"]["encoders"] == TINY_ENCODERS
   # The trained model encodes new raw items as training saw them.
   model = mscross.load(str(run))
   test = data.load_split("archive", "test", folder, data.Options(encoders=TINY_ENCODERS))
@@ -66,8 +67,8 @@ def test_texts_the_encoder_cannot_read_are_said_and_noted_in_the_workdir(
   c.train.batch_size = 8
   run = tmp_path / "run"
   trainer.train_and_evaluate(c, str(run))
-  rows = (run / workdir.PROBLEMS).read_text().splitlines()
+  rows = (run / layout.PROBLEMS).read_text().splitlines()
   assert len(rows) == 2 and rows[1].startswith("-\t-\ttext\t-\t") and rows[1].endswith("\twarned")
   assert "unknown to tiny_text's vocabulary" in rows[1] and "data.encoders.text=" in rows[1]
   said = [r for r in caplog.records if "unknown to tiny_text's vocabulary" in r.getMessage()]
-  assert len(said) == 1 and str(run / workdir.PROBLEMS) in said[0].getMessage()
+  assert len(said) == 1 and str(run / layout.PROBLEMS) in said[0].getMessage()

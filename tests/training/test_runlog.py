@@ -17,6 +17,7 @@ import pytest
 from conftest import small_config, spec_of
 from tensorboardX.proto import event_pb2
 
+from mscross.runs import layout
 from mscross.training import plan as plan_lib
 from mscross.training import runlog
 from mscross.training.selection import Tracker
@@ -153,7 +154,7 @@ def test_disabled_log_writes_nothing(tmp_path):
 def test_write_metrics_sorted_indented_and_whole(tmp_path):
   (tmp_path / "metrics.json").write_text("old")
   result = {"test": {"i2t_map": 0.5, "avg_map": 0.25}, "best_step": [30, 40], "config": {}}
-  runlog.write_metrics(str(tmp_path), result)
+  layout.write_metrics(str(tmp_path), result)
   text = (tmp_path / "metrics.json").read_text()
   assert json.loads(text) == result
   assert text.splitlines()[:5] == [
@@ -167,7 +168,7 @@ def test_write_metrics_sorted_indented_and_whole(tmp_path):
   assert os.listdir(tmp_path) == ["metrics.json"]
   # A result that cannot be written leaves the previous one, and nothing beside it.
   with pytest.raises(TypeError):
-    runlog.write_metrics(str(tmp_path), {"bad": object()})
+    layout.write_metrics(str(tmp_path), {"bad": object()})
   assert (tmp_path / "metrics.json").read_text() == text
   assert os.listdir(tmp_path) == ["metrics.json"]
 
@@ -177,17 +178,16 @@ def test_write_metrics_sorted_indented_and_whole(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_summary_of_a_population():
+def test_final_result_of_a_population():
   config = small_config(
     "acmr",
     {"seed": 7, "population.size": 3, "population.hparams": '{"optim.lr": [0.001, 0.002, 0.004]}'},
   )
   plan = plan_lib.resolve(config, spec_of(("a", "b")))
-  tracker = Tracker(3, patience=0)
-  tracker.update(10, [0.2, float("nan"), 0.1])
-  tracker.update(20, [0.3, float("nan"), 0.05])
-  tracker.stop([False, True, False], "diverged")
-  tracker.finish()
+  tracker = Tracker.start(3, patience=0)
+  tracker, _ = tracker.update(10, [0.2, float("nan"), 0.1])
+  tracker, _ = tracker.update(20, [0.3, float("nan"), 0.05])
+  tracker = tracker.stop([False, True, False], "diverged").finish()
   nan = float("nan")
   scored = {
     "validation": [
@@ -197,7 +197,7 @@ def test_summary_of_a_population():
     ],
     "test": [{"avg_map": 0.25}, {"avg_map": nan}, {"avg_map": 0.15}],
   }
-  got = runlog.summary(
+  got = runlog.final_result(
     plan, tracker, scored, steps=20, skipped=[0, 5, 1], train_seconds=1.23456, startup_seconds=None
   )
   assert got["method"] == "acmr" and got["dataset"] == config.data.name
@@ -224,13 +224,12 @@ def test_summary_of_a_population():
   json.dumps(got)
 
 
-def test_summary_without_test_split_or_selected_state():
+def test_final_result_without_test_split_or_selected_state():
   config = small_config("acmr", {"population.size": 2})
   plan = plan_lib.resolve(config, spec_of(("a", "b")))
-  tracker = Tracker(2, patience=0)
-  tracker.stop([True, True], "diverged")
+  tracker = Tracker.start(2, patience=0).stop([True, True], "diverged")
   scored = {"validation": [{"avg_map": float("nan")}] * 2}
-  got = runlog.summary(
+  got = runlog.final_result(
     plan, tracker, scored, steps=3, skipped=[3, 3], train_seconds=0.5, startup_seconds=2.0004
   )
   assert "test" not in got["members"][0]

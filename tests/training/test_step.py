@@ -9,7 +9,7 @@ import pytest
 from conftest import batch_of, flat, member, program_of, small_config, spec_of, synthetic_split
 
 from mscross.methods import losses
-from mscross.training import input_pipeline, loop
+from mscross.training import batches, loop
 from mscross.training import step as step_lib
 
 B = 16
@@ -189,10 +189,10 @@ def test_population_loop_equals_single_steps_and_is_deterministic():
   # Member 2 alone, stepped one jitted step at a time on the reference batch indices.
   single = jax.jit(prog.member_step())
   st = member(prog.init_state(), 2)
-  arrays = input_pipeline.device_arrays(split)
+  arrays = batches.device_arrays(split)
   for i in range(7):
-    idx = input_pipeline.batch_indices(st.data_key, jnp.asarray(i), len(split), 8)
-    st, _ = single(st, input_pipeline.gather_batch(arrays, idx))
+    idx = batches.batch_indices(st.data_key, jnp.asarray(i), len(split), 8)
+    st, _ = single(st, batches.gather_batch(arrays, idx))
   np.testing.assert_allclose(flat(st.params), flat(member(a, 2).params), rtol=1e-5, atol=1e-6)
   # Members differ (different seeds) ...
   assert not np.allclose(flat(member(a, 0).params), flat(member(a, 1).params))
@@ -206,10 +206,10 @@ def test_population_loop_equals_single_steps_and_is_deterministic():
 def test_batch_indices_cover_each_epoch_once():
   key = jax.random.PRNGKey(0)
   n, bsz = 30, 7  # 4 steps per epoch, 2 rows dropped
-  batches = [input_pipeline.batch_indices(key, jnp.asarray(s), n, bsz) for s in range(4)]
-  epoch = np.concatenate([np.asarray(b) for b in batches])
+  rows = [batches.batch_indices(key, jnp.asarray(s), n, bsz) for s in range(4)]
+  epoch = np.concatenate([np.asarray(b) for b in rows])
   assert len(set(epoch.tolist())) == 28
-  nxt = np.asarray(input_pipeline.batch_indices(key, jnp.asarray(4), n, bsz))
+  nxt = np.asarray(batches.batch_indices(key, jnp.asarray(4), n, bsz))
   assert not np.array_equal(nxt, epoch[:7])  # a new permutation each epoch
 
 

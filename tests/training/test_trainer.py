@@ -14,9 +14,9 @@ from conftest import trainer_config
 from mscross.errors import CheckpointError, ConfigError
 from mscross.methods import registry
 from mscross.retrieval import trained
+from mscross.runs import layout
 from mscross.training import loop, trainer
 from mscross.training import step as step_lib
-from mscross.training import workdir as workdir_lib
 
 
 def tiny_config(steps=40):
@@ -221,7 +221,7 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tmp_path, monke
 def test_eval_without_checkpoints_is_a_clear_error(tmp_path):
   with pytest.raises(ConfigError, match="config.json"):
     trained.evaluate_workdir(str(tmp_path))
-  workdir_lib.write_config(str(tmp_path), tiny_config())
+  layout.write_config(str(tmp_path), tiny_config())
   with pytest.raises(CheckpointError, match="no trained model"):
     trained.evaluate_workdir(str(tmp_path))
 

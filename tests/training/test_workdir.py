@@ -22,8 +22,8 @@ from conftest import REPO
 
 from mscross import data, dotted
 from mscross.errors import ConfigError, DataError
-from mscross.training import input_pipeline
-from mscross.training import workdir as workdir_lib
+from mscross.runs import inputs, layout, lock
+from mscross.training import resume
 
 # Every run of the module compiles the same programs, so the compilation cache serves them all.
 STEPS, EVERY = 2000, 500
@@ -113,7 +113,7 @@ def snapshot(workdir):
   return {
     str(p.relative_to(root)): p.read_bytes()
     for p in sorted(root.rglob("*"))
-    if p.is_file() and p.name != workdir_lib.LOCK_FILE
+    if p.is_file() and p.name != layout.LOCK_FILE
   }
 
 
@@ -169,7 +169,7 @@ def test_second_train_on_a_busy_workdir_is_refused_at_once(tmp_path, env, refere
   # The first run is unharmed: everything it wrote is what a lone run of the command writes.
   assert rc1 == 0, err1[-3000:]
   # Even the lock file: the second never got the lock, so never wrote its pid.
-  assert (workdir / workdir_lib.LOCK_FILE).read_text().strip() == str(first.pid)
+  assert (workdir / layout.LOCK_FILE).read_text().strip() == str(first.pid)
   ours, lone = step_records(workdir), step_records(reference)
   lines = (workdir / "history.jsonl").read_text().splitlines()
   assert len(lines) == len(set(lines)) == len(ours)
@@ -221,7 +221,7 @@ def test_allowed_config_change_continues_and_is_recorded(tmp_path, env, referenc
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)
   old_history = (workdir / "history.jsonl").read_text()
-  old_lr = workdir_lib.read_config(str(workdir)).optim.lr
+  old_lr = layout.read_config(str(workdir)).optim.lr
   more = STEPS + EVERY
   # train.steps is safe to change; optim.lr is not, and is what the flag allows.
   args = train_args(optim__lr=0.003, train__steps=more)
@@ -238,7 +238,7 @@ def test_allowed_config_change_continues_and_is_recorded(tmp_path, env, referenc
     "config_change": {"optim.lr": [old_lr, 0.003], "train.steps": [STEPS, more]},
   }
   assert [r["step"] for r in added[1:]] == [more]
-  stored = workdir_lib.read_config(str(workdir))
+  stored = layout.read_config(str(workdir))
   assert stored.optim.lr == 0.003 and stored.train.steps == more
   assert json.loads((workdir / "metrics.json").read_text())["steps"] == more
 
@@ -280,8 +280,8 @@ def test_kill_9_leaves_no_stale_lock_and_the_rerun_resumes(tmp_path, env, refere
   resumed_from = max(steps_in(latest))
   assert resumed_from < STEPS
   # The pid of the dead holder is still in the file, but nothing holds the lock.
-  assert workdir_lib.holder_pid(str(workdir)) == proc.pid
-  assert not workdir_lib.is_locked(str(workdir))
+  assert lock.holder_pid(str(workdir)) == proc.pid
+  assert not lock.is_locked(str(workdir))
 
   rc, out, err = run(env, workdir)
   assert rc == 0, err[-3000:]
@@ -331,7 +331,7 @@ def test_non_finite_transform_stops_before_training(tmp_path, env, reference):
   line = the_error_line(err)
   assert "data.power=-2" in line and "modality 'left'" in line and "train data" in line
   # Nothing a later run would resume from or be compared with.
-  assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE]
+  assert sorted(p.name for p in workdir.iterdir()) == [layout.LOCK_FILE]
 
 
 @pytest.mark.data("wikipedia/raw_features.mat", "wikipedia/trainset_txt_img_cat.list")
@@ -346,7 +346,7 @@ def test_non_finite_transform_on_wikipedia_names_the_per_modality_key(tmp_path, 
   line = err.strip().splitlines()[-1]
   assert line.startswith("error: ") and sum(x.startswith("error: ") for x in err.splitlines()) == 1
   assert "data.powers.image=-2" in line and "modality 'image'" in line
-  assert sorted(p.name for p in workdir.iterdir()) == [workdir_lib.LOCK_FILE]
+  assert sorted(p.name for p in workdir.iterdir()) == [layout.LOCK_FILE]
 
 
 def test_normalizer_names_the_transform_and_the_modality():
@@ -355,10 +355,10 @@ def test_normalizer_names_the_transform_and_the_modality():
     features={"a": zeros, "b": zeros + 1}, label=None, ids=np.array(["x", "y"]), class_names=()
   )
   with pytest.raises(DataError, match=r"data\.power=-2 .* modality 'a' .* train data"):
-    input_pipeline.Normalizer.fit(split, standardize=True, power=-2.0, powers={})
+    inputs.Normalizer.fit(split, standardize=True, power=-2.0, powers={})
   with pytest.raises(DataError, match=r"data\.powers\.a=-0\.5 .* modality 'a'"):
-    input_pipeline.Normalizer.fit(split, standardize=True, power=1.0, powers={"a": -0.5})
-  fitted = input_pipeline.Normalizer.fit(split, standardize=True, power=-1.0, powers={"a": 1.0})
+    inputs.Normalizer.fit(split, standardize=True, power=1.0, powers={"a": -0.5})
+  fitted = inputs.Normalizer.fit(split, standardize=True, power=-1.0, powers={"a": 1.0})
   # A zero seen first at transform time is caught there, naming where it was.
   with pytest.raises(DataError, match=r"data\.power=-1 .* modality 'b' .* test data"):
     fitted.transform("b", zeros, "test")
@@ -372,9 +372,9 @@ def test_normalizer_keeps_the_power_key_through_save_and_load(tmp_path):
   split = data.Split(
     features={"a": x, "b": x}, label=None, ids=np.array(["x", "y"]), class_names=()
   )
-  fitted = input_pipeline.Normalizer.fit(split, standardize=True, power=-1.0, powers={"a": 0.5})
+  fitted = inputs.Normalizer.fit(split, standardize=True, power=-1.0, powers={"a": 0.5})
   fitted.save(str(tmp_path / "t.npz"))
-  loaded = input_pipeline.Normalizer.load(str(tmp_path / "t.npz"))
+  loaded = inputs.Normalizer.load(str(tmp_path / "t.npz"))
   assert loaded.power_key == {"a": "data.powers.a", "b": "data.power"}
   np.testing.assert_array_equal(loaded.transform("b", x), fitted.transform("b", x))
   with pytest.raises(DataError, match=r"data\.power=-1 .* modality 'b'"):
@@ -401,61 +401,61 @@ def test_config_diff_ignores_safe_keys_and_json_round_trips():
   stored = cfg(method="mnsgan", optim__lr=1e-3, model__layers=(32,), train__steps=100, seed=1)
   # train.steps is safe; a list for a tuple and 1.0 for 1 are how JSON gives them back.
   same = cfg(method="mnsgan", optim__lr=1e-3, model__layers=[32], train__steps=900, seed=1.0)
-  assert workdir_lib.config_diff(stored, same) == []
-  assert "train.steps" in workdir_lib.SAFE_TO_CHANGE
+  assert resume.config_diff(stored, same) == []
+  assert "train.steps" in resume.SAFE_TO_CHANGE
   other = cfg(method="acmr", optim__lr=3e-3, model__layers=(64,), train__steps=100, seed=1)
-  assert workdir_lib.config_diff(stored, other) == [
+  assert resume.config_diff(stored, other) == [
     ("method", "mnsgan", "acmr"),
     ("model.layers", (32,), (64,)),
     ("optim.lr", 1e-3, 3e-3),
   ]
   # A key on one side only is a change too.
   extra = cfg(method="mnsgan", optim__lr=1e-3, model__layers=(32,), seed=1, loss__x__weight=1.0)
-  assert [d[0] for d in workdir_lib.config_diff(stored, extra)] == ["loss.x.weight"]
+  assert [d[0] for d in resume.config_diff(stored, extra)] == ["loss.x.weight"]
 
 
 def test_check_resume_lists_method_first_however_many_keys_differ(tmp_path):
   stored = cfg(method="mnsgan", **{f"loss__t{i}__weight": 1.0 for i in range(12)})
-  workdir_lib.write_config(str(tmp_path), stored)
+  layout.write_config(str(tmp_path), stored)
   new = cfg(method="acmr", **{f"loss__t{i}__weight": 2.0 for i in range(12)})
   with pytest.raises(ConfigError) as e:
-    workdir_lib.check_resume(str(tmp_path), new, allow_change=False)
+    resume.check_resume(str(tmp_path), new, allow_change=False)
   message = str(e.value)
   # The listing is cut at eight keys; the one that matters most is never the one cut.
   assert 'method: "mnsgan" -> "acmr"' in message and "(and 5 more)" in message
   assert "\n" not in message
-  diffs = workdir_lib.check_resume(str(tmp_path), new, allow_change=True)
+  diffs = resume.check_resume(str(tmp_path), new, allow_change=True)
   assert len(diffs) == 13
-  assert workdir_lib.check_resume(str(tmp_path / "fresh"), new, allow_change=False) == []
+  assert resume.check_resume(str(tmp_path / "fresh"), new, allow_change=False) == []
 
 
 def test_workdir_lock_is_exclusive_and_reusable(tmp_path):
   workdir = str(tmp_path / "wd")
-  assert not workdir_lib.is_locked(workdir)
-  with workdir_lib.WorkdirLock(workdir):
-    assert workdir_lib.is_locked(workdir)
-    assert workdir_lib.holder_pid(workdir) == os.getpid()
+  assert not lock.is_locked(workdir)
+  with lock.WorkdirLock(workdir):
+    assert lock.is_locked(workdir)
+    assert lock.holder_pid(workdir) == os.getpid()
     # flock conflicts between two opens of the file, in one process as in two.
-    with pytest.raises(workdir_lib.WorkdirBusy, match=f"by process {os.getpid()}"):
-      with workdir_lib.WorkdirLock(workdir):
+    with pytest.raises(lock.WorkdirBusy, match=f"by process {os.getpid()}"):
+      with lock.WorkdirLock(workdir):
         pytest.fail("acquired a held lock")
-    assert workdir_lib.holder_pid(workdir) == os.getpid()
-  assert not workdir_lib.is_locked(workdir)
-  with workdir_lib.WorkdirLock(workdir):
-    assert workdir_lib.is_locked(workdir)
+    assert lock.holder_pid(workdir) == os.getpid()
+  assert not lock.is_locked(workdir)
+  with lock.WorkdirLock(workdir):
+    assert lock.is_locked(workdir)
 
 
 def test_workdir_lock_is_not_refused_by_a_reader_probing_it(tmp_path):
   workdir = str(tmp_path / "wd")
-  with workdir_lib.WorkdirLock(workdir):
+  with lock.WorkdirLock(workdir):
     pass
   # What is_locked does for eval.py, held for a moment: a trainer starting then must still start.
-  probe = open(os.path.join(workdir, workdir_lib.LOCK_FILE))
+  probe = open(os.path.join(workdir, layout.LOCK_FILE))
   fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
   release = threading.Timer(0.05, probe.close)
   release.start()
   try:
-    with workdir_lib.WorkdirLock(workdir):
-      assert workdir_lib.holder_pid(workdir) == os.getpid()
+    with lock.WorkdirLock(workdir):
+      assert lock.holder_pid(workdir) == os.getpid()
   finally:
     release.join()

@@ -39,17 +39,17 @@ def finished(study):
 def sweep(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("sweep"))
   seen_splits = []
-  real = data.load_split
+  real = data.Prepared.split
 
-  def spy(name, split, data_dir=None, options=None):
+  def spy(self, split):
     seen_splits.append(split)
-    return real(name, split, data_dir, options)
+    return real(self, split)
 
-  data.load_split = spy
+  data.Prepared.split = spy
   try:
     study = tuning.tune(tiny_config(), workdir, trials=4, population=2, progress=lambda _: None)
   finally:
-    data.load_split = real
+    data.Prepared.split = real
   return workdir, study, seen_splits
 
 

@@ -167,7 +167,7 @@ def test_a_paused_worker_whose_trials_were_taken_over_says_so_and_goes_on(
 ):
   url = postgres_server.create_database("paused")
   # Long enough trials that the paused worker still has evaluations to report when it is back.
-  longer = ("--config.train.steps=100", "--recovery_seconds=4")
+  longer = ("--config.train.steps=40", "--recovery_seconds=4")
   paused = start(tune_cmd(tmp_path / "a", url, 2, 1, *longer))
   first = wait_for(url, lambda t: t.state.name == "RUNNING" and "heartbeat" in t.user_attrs, paused)
   os.kill(paused.pid, signal.SIGSTOP)

@@ -7,7 +7,7 @@ import pytest
 from conftest import synthetic_split
 
 from mscross.errors import DataError
-from mscross.training.input_pipeline import Normalizer
+from mscross.runs.inputs import Normalizer
 
 
 def _reference_zscores(x: np.ndarray, train: np.ndarray) -> np.ndarray:

@@ -17,9 +17,11 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 
 from mscross.errors import CheckpointError
-from mscross.training import workdir as workdir_lib
+from mscross.methods import models
+from mscross.runs import layout
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ class CheckpointStore:
   """The `latest` and `best` checkpoint managers of one workdir."""
 
   def __init__(self, workdir: str, *, keep: int = 2, read_only: bool = False):
-    root = workdir_lib.path(workdir, workdir_lib.CHECKPOINTS)
+    root = layout.path(workdir, layout.CHECKPOINTS)
     if read_only and not os.path.isdir(root):
       raise CheckpointError(f"no checkpoints in {workdir!r}: run train.py with this workdir first")
     self._dirs = {"latest": os.path.join(root, "latest"), "best": os.path.join(root, "best")}
@@ -225,3 +227,16 @@ def _mismatch(which: str, step: int, stored: dict, want: dict) -> str:
     f"{which} checkpoint at step {step} does not match the model built from the config "
     f"({detail}): was it written with other layer sizes, population size or dataset?"
   )
+
+
+def restore_best_generator(workdir: str, net, spec, size: int) -> tuple[int, Any, dict]:
+  """(step, generator params [size, ...], meta) of the workdir's best-on-validation checkpoint:
+  what inference needs of a run, no optimiser and no discriminator."""
+  one = jax.eval_shape(lambda: models.init_generator(net, spec))
+  target = {"gen": jax.tree.map(lambda s: np.zeros((size, *s.shape), s.dtype), one)}
+  with CheckpointStore(workdir, read_only=True) as store:
+    restored = store.restore_best(target)
+  if restored is None:
+    raise CheckpointError(f"no best checkpoint in {workdir!r}: training has not evaluated yet")
+  step, tree, meta = restored
+  return step, tree["gen"], meta

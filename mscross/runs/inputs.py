@@ -1,32 +1,16 @@
-"""From dataset splits to training batches.
+"""From a dataset to a network's inputs: the data a run names, loaded once, and the input transform.
 
 Input transform: per modality, a signed power map, then per-feature standardisation with
 statistics of the TRAINING split (never of test). The fitted transform is saved in the workdir
 (`input_transform.npz`), so a trained model encodes new vectors exactly as it saw its training
 data, without the training data.
-
-Batches: the benchmark datasets fit in device memory many times over, so the whole training
-split is put on the device once and every batch is gathered INSIDE the jitted loop from indices
-that depend only on (the member's data key, step): epoch e uses the permutation
-`permutation(fold_in(key, e), N)`, and step s takes rows `[(s mod S) * B, (s mod S) * B + B)`
-of it (S = steps per epoch, the last partial batch dropped). A resumed run therefore sees
-exactly the batches an uninterrupted run would. The training loop draws each epoch's
-permutation once, at the epoch's first step, rather than at every step.
-
-Under data parallelism (`mscross.training.loop`) the global batch indices are the same, and
-device i of N takes rows `[i * B/N, (i + 1) * B/N)` of them, so the data order does not depend
-on the device count.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from mscross import atomic, data
 from mscross.errors import DataError
@@ -151,109 +135,56 @@ def _finite(x: np.ndarray, modality: str, step: str | None, where: str) -> np.nd
   return x
 
 
-def data_options(config) -> data.Options:
-  """How the dataset's raw items (if any) become features: `data.encoders` and friends."""
-  d = config.data
-  return data.Options(
-    encoders=dict(d.encoders), bad_input=d.bad_input, batch_size=int(d.encode_batch)
-  )
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """The data a config's `data` section names, and how its features become a network's inputs;
+  read from the config once (`of`)."""
+
+  name: str
+  data_dir: str | None  # None: no folder needed (an embedded dataset) or given
+  labels: bool  # False drops the class labels: instance-level retrieval
+  options: data.Options  # how raw items become features
+  standardize: bool
+  power: float
+  powers: dict[str, float]
+
+  @classmethod
+  def of(cls, config) -> DataSource:
+    d = config.data
+    return cls(
+      name=d.name,
+      data_dir=data.resolve_data_dir(d.data_dir or None),
+      labels=bool(d.labels),
+      options=data.Options(
+        encoders=dict(d.encoders), bad_input=d.bad_input, batch_size=int(d.encode_batch)
+      ),
+      standardize=bool(d.standardize),
+      power=float(d.power),
+      powers={m: float(p) for m, p in d.powers.items()},
+    )
+
+  def load(self, splits=data.SPLITS) -> tuple[dict[str, data.Split], list[data.Problem]]:
+    """The named splits (labels dropped when `labels` is off) and the raw items skipped or
+    converted when the dataset was prepared: one look at the source for all of them."""
+    prepared = data.prepare(self.name, self.data_dir, self.options)
+    out = {}
+    for name in splits:
+      split = prepared.split(name)
+      if not self.labels and split.label is not None:
+        split = dataclasses.replace(split, label=None, class_names=())
+      out[name] = split
+    return out, prepared.problems()
+
+  def fit(self, train: data.Split) -> Normalizer:
+    """The input transform of this data, fitted on the training split."""
+    return Normalizer.fit(train, standardize=self.standardize, power=self.power, powers=self.powers)
 
 
-def load_problems(config) -> list[data.Problem]:
-  """The raw items skipped or converted when `config.data.name` was prepared."""
-  data_dir = data.resolve_data_dir(config.data.data_dir or None)
-  return data.load_problems(config.data.name, data_dir, data_options(config))
-
-
-def load_raw(config, splits=("train", "validation", "test")) -> dict[str, data.Split]:
-  """The named raw splits of `config.data.name`, labels dropped when `data.labels` is off."""
-  data_dir = data.resolve_data_dir(config.data.data_dir or None)
-  options = data_options(config)
-  out = {}
-  for name in splits:
-    split = data.load_split(config.data.name, name, data_dir, options)
-    if not config.data.labels and split.label is not None:
-      split = dataclasses.replace(split, label=None, class_names=())
-    out[name] = split
-  return out
-
-
-def fit_normalizer(config, train: data.Split) -> Normalizer:
-  d = config.data
-  return Normalizer.fit(train, standardize=d.standardize, power=d.power, powers=d.powers)
-
-
-def data_spec(split: data.Split) -> DataSpec:
+def spec_of(split: data.Split) -> DataSpec:
+  """The data spec (modalities, widths, classes) of a split."""
   return DataSpec(
     modalities=split.modalities,
     dims=tuple(int(x.shape[1]) for x in split.features.values()),
     num_classes=0 if split.label is None else int(split.label.shape[1]),
     class_names=tuple(split.class_names),
   )
-
-
-def device_arrays(split: data.Split) -> dict:
-  """{"inputs": {modality: [N, d]}, "label": [N, C] (labelled data only)} as device arrays."""
-  arrays = {"inputs": {m: jnp.asarray(x) for m, x in split.features.items()}}
-  if split.label is not None:
-    arrays["label"] = jnp.asarray(split.label)
-  return arrays
-
-
-def host_arrays(split: data.Split) -> dict:
-  arrays = {"inputs": dict(split.features)}
-  if split.label is not None:
-    arrays["label"] = split.label
-  return arrays
-
-
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-  if num_examples < batch_size:
-    raise DataError(
-      f"the training split has {num_examples} pairs, fewer than train.batch_size={batch_size}"
-    )
-  return num_examples // batch_size
-
-
-def epoch_permutation(key: jax.Array, epoch: jax.Array, num_examples: int) -> jax.Array:
-  return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
-
-
-def batch_from_permutation(perm: jax.Array, step: jax.Array, batch_size: int) -> jax.Array:
-  """Row indices of the batch of `step` within its epoch's permutation `perm`."""
-  pos = step % (perm.shape[0] // batch_size)
-  return lax.dynamic_slice_in_dim(perm, pos * batch_size, batch_size)
-
-
-def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int):
-  """Row indices of the batch of `step` (traceable; the reference the loop must agree with)."""
-  epoch = step // (num_examples // batch_size)
-  return batch_from_permutation(epoch_permutation(key, epoch, num_examples), step, batch_size)
-
-
-def gather_batch(arrays: dict, idx: jax.Array) -> dict:
-  return jax.tree.map(lambda v: jnp.take(v, idx, axis=0), arrays)
-
-
-def device_rows(idx: jax.Array, axis_name: str) -> jax.Array:
-  """This device's rows `[i * b, (i + 1) * b)` of the global batch indices `idx` (last axis),
-  b = B / N (inside `shard_map` over `axis_name`, whose size N divides B)."""
-  local = idx.shape[-1] // lax.axis_size(axis_name)
-  return lax.dynamic_slice_in_dim(idx, lax.axis_index(axis_name) * local, local, axis=-1)
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _steps_indices(keys, first_step, num_steps, num_examples, batch_size):
-  steps = first_step + jnp.arange(num_steps, dtype=jnp.int32)
-  per_step = lambda s: jax.vmap(lambda k: batch_indices(k, s, num_examples, batch_size))(keys)
-  return jax.vmap(per_step)(steps)
-
-
-def host_batch_indices(
-  keys: jax.Array, first_step: int, num_steps: int, num_examples: int, batch_size: int
-) -> np.ndarray:
-  """[num_steps, P, B] batch indices of P members' data keys [P, 2] for steps first_step, ...,
-  on the host: the rows `batch_indices` gives inside the loop (threefry is deterministic on
-  every platform, so every process computes the same ones)."""
-  idx = _steps_indices(keys, jnp.int32(first_step), num_steps, num_examples, batch_size)
-  return np.asarray(jax.device_get(idx))

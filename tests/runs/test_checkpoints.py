@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from mscross.errors import CheckpointError
-from mscross.training.checkpoints import CheckpointStore
+from mscross.runs.checkpoints import CheckpointStore
 
 
 def make_state(seed=0, width=4):

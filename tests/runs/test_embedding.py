@@ -1,9 +1,7 @@
-"""Tests of mscross.training.evaluation: embedding a split in batches equals embedding it at once,
-a population's embeddings equal its members' one by one, the metrics of a split against a NumPy
-reference (cosine ranking, mAP@all, P@k and, without labels, Recall@k and MRR), and the mean and
-spread of the members' metrics."""
-
-import math
+"""Tests of mscross.runs.embedding and settings.Evaluation: embedding a split in batches equals
+embedding it at once, a population's embeddings equal its members' one by one, and the metrics
+of a split against a NumPy reference (cosine ranking, mAP@all, P@k and, without labels,
+Recall@k and MRR)."""
 
 import jax
 import numpy as np
@@ -11,7 +9,7 @@ import pytest
 from conftest import small_config, spec_of, synthetic_split
 
 from mscross.methods import models
-from mscross.training import evaluation
+from mscross.runs import embedding, settings
 
 N = 10
 P = 3
@@ -30,14 +28,14 @@ def setup():
   shared by the tests because each one compiles per batch shape."""
   config = small_config("ms2gan")
   assert config.model.retrieval == "joint"
-  net, _ = models.build_models(config, spec_of(("a", "b")))
+  net, _ = models.build_models(models.Architecture.of(config), spec_of(("a", "b")))
   split = synthetic_split(N, ("a", "b"), seed=1)
   members = [random_params(net, split.features, seed) for seed in range(P)]
   return {
     "split": split,
     "members": members,
-    "embed": evaluation.make_embed_fn(config, net),
-    "population": evaluation.make_population_embed_fn(config, net),
+    "embed": embedding.make_embed_fn(config.model.retrieval, net),
+    "population": embedding.make_population_embed_fn(config.model.retrieval, net),
   }
 
 
@@ -50,8 +48,8 @@ def test_embed_split_in_batches_equals_one_shot(setup, monkeypatch):
   once = np.asarray(embed(params, whole(split), 0.7))
   assert once.shape == (2, N, 16)  # [normalize(spec); mu * normalize(emb)], 8 + 8 wide
   # Batches of 4, 4 and a last, short one of 2.
-  monkeypatch.setattr(evaluation, "EMBED_BATCH", 4)
-  got = evaluation.embed_split(embed, params, split, 0.7)
+  monkeypatch.setattr(embedding, "EMBED_BATCH", 4)
+  got = embedding.embed_split(embed, params, split, 0.7)
   assert isinstance(got, np.ndarray) and got.shape == once.shape
   np.testing.assert_allclose(got, once, rtol=1e-6, atol=1e-6)
 
@@ -59,8 +57,8 @@ def test_embed_split_in_batches_equals_one_shot(setup, monkeypatch):
 def test_population_embeddings_equal_each_member(setup, monkeypatch):
   split, members = setup["split"], setup["members"]
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *members)
-  monkeypatch.setattr(evaluation, "EMBED_BATCH", 4)
-  got = evaluation.embed_split(setup["population"], stacked, split, MUS)
+  monkeypatch.setattr(embedding, "EMBED_BATCH", 4)
+  got = embedding.embed_split(setup["population"], stacked, split, MUS)
   assert got.shape == (P, 2, N, 16)
   for p in range(P):
     want = np.asarray(setup["embed"](members[p], whole(split), MUS[p]))
@@ -135,7 +133,7 @@ def test_labelled_metrics_match_reference(case):
   modalities, directions = DIRECTIONS[case]
   split = synthetic_split(12, modalities, seed=2)
   emb = np.random.default_rng(3).normal(size=(len(modalities), 12, 5)).astype(np.float32)
-  got = evaluation.metrics_of(metrics_config(), emb, split)
+  got = settings.Evaluation.of(metrics_config()).metrics(emb, split)
   names = ("map", "p@1", "p@3")
   for name in names:
     per_direction = []
@@ -157,44 +155,10 @@ def test_unlabelled_metrics_match_reference():
   modalities, directions = DIRECTIONS["K2"]
   split = synthetic_split(12, modalities, seed=4, labelled=False)
   emb = np.random.default_rng(5).normal(size=(2, 12, 5)).astype(np.float32)
-  got = evaluation.metrics_of(metrics_config(), emb, split)
+  got = settings.Evaluation.of(metrics_config()).metrics(emb, split)
   for name in ("r@1", "r@2", "mrr", "map"):
     wants = [ref_instance(emb[q], emb[g], ks=(1, 2))[name] for _, q, g in directions]
     for (key, _, _), want in zip(directions, wants, strict=True):
       np.testing.assert_allclose(got[f"{key}_{name}"], want, rtol=1e-5, err_msg=key)
     np.testing.assert_allclose(got[f"avg_{name}"], np.mean(wants), rtol=1e-5)
   assert "i2t_p@1" not in got
-
-
-# ----------------------------------------------------------------------------------------------
-# Mean and spread over members
-# ----------------------------------------------------------------------------------------------
-
-
-def test_mean_and_std_skip_nan_entries():
-  nan = float("nan")
-  results = [
-    {"avg_map": 0.2, "i2t_map": nan, "t2i_map": nan},
-    {"avg_map": 0.4, "i2t_map": 0.3, "t2i_map": nan},
-    {"avg_map": 0.9, "i2t_map": 0.5, "t2i_map": nan},
-  ]
-  mean, std = evaluation.mean_and_std(results)
-  assert list(mean) == list(std) == ["avg_map", "i2t_map", "t2i_map"]
-  np.testing.assert_allclose(mean["avg_map"], 0.5)
-  # The sample standard deviation (n - 1): sqrt(((-0.3)^2 + 0.1^2 + 0.4^2) / 2).
-  np.testing.assert_allclose(std["avg_map"], math.sqrt(0.26 / 2))
-  np.testing.assert_allclose(mean["i2t_map"], 0.4)
-  np.testing.assert_allclose(std["i2t_map"], math.sqrt(0.02))
-  # No member has a value: the mean is NaN, the spread 0.
-  assert math.isnan(mean["t2i_map"]) and std["t2i_map"] == 0.0
-  assert all(isinstance(v, float) for v in [*mean.values(), *std.values()])
-
-
-def test_mean_and_std_of_one_member():
-  mean, std = evaluation.mean_and_std([{"avg_map": 0.25, "avg_p@1": 0.5}])
-  assert mean == {"avg_map": 0.25, "avg_p@1": 0.5}
-  assert std == {"avg_map": 0.0, "avg_p@1": 0.0}
-  # One finite value among NaNs is one member too.
-  mean, std = evaluation.mean_and_std([{"x": 0.25}, {"x": float("nan")}])
-  assert mean == {"x": 0.25} and std == {"x": 0.0}
-  assert evaluation.mean_and_std([]) == ({}, {})
