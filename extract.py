@@ -1,10 +1,10 @@
 """Extracts a dataset's features into plain arrays (one .npy per modality and split, labels, ids),
 the layout the `features` dataset reads back; raw images and texts go through the pretrained
-encoders of `data.encoders`, and the extraction is cached like every dataset preparation.
+extractors of `data.extractors`, and the extraction is cached like every dataset preparation.
 
     python extract.py --config configs/default.py:dataset=web_news --out features/web_news
     python extract.py --config configs/default.py:dataset=wikipedia \
-        --config.data.encoders.text=minilm --out features/wikipedia_minilm
+        --config.data.extractors.text=minilm --out features/wikipedia_minilm
     python extract.py --config configs/default.py:dataset=manifest \
         --config.data.data_dir=my_photos --out features/my_photos
 

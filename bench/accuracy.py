@@ -6,7 +6,7 @@ and is scored on test with 5 seeds; the claims are put to a significance test.
     python bench/accuracy.py --no-train                        # tabulate what has finished
     python bench/accuracy.py --no-train --readme               # and rewrite README's section
 
-A dataset is a name, with `:<modality>=<encoder>,...` for encoders other than its defaults
+A dataset is a name, with `:<modality>=<extractor>,...` for extractors other than its defaults
 (`wikipedia:text=wordllama`: Wikipedia's SIFT images with WordLlama text features).
 
 Protocol, per (method, dataset):
@@ -22,7 +22,7 @@ Protocol, per (method, dataset):
    The game's state is read from each member's history: the discriminator's modality accuracy
    on validation embeddings at the last evaluation.
 3. Ablations of the tuned configs, with the same seeds: the discriminator off (the adversarial
-   methods), the encoders' non-saturating confusion objective in place of the minimax one (the
+   methods), the extractors' non-saturating confusion objective in place of the minimax one (the
    adversarial methods, at the tuned weight), MNS-GAN with one (hardest) negative, MS2GAN ranked
    on shared features alone (same checkpoints).
 4. The preset as a user first runs it: `python train.py --config configs/default.py:...`, seed 0,
@@ -58,7 +58,7 @@ from mscross.retrieval import trained  # noqa: E402
 from mscross.runs import inputs, layout  # noqa: E402
 from mscross.training import trainer  # noqa: E402
 
-# Wikipedia twice: its shallow features, and its texts through the text encoder that did best
+# Wikipedia twice: its shallow features, and its texts through the text extractor that did best
 # there in bench/linear_probe.py and bench/deep_features.py (WordLlama).
 DATASETS = (
   "wikipedia",
@@ -94,20 +94,20 @@ PROTOCOL_VERSION = 2
 def parse_dataset(spec: str) -> tuple[str, dict[str, str]]:
   """`wikipedia:text=wordllama` -> ("wikipedia", {"text": "wordllama"})."""
   name, _, rest = spec.partition(":")
-  encoders = {}
+  extractors = {}
   for item in filter(None, rest.split(",")):
-    modality, sep, encoder = item.partition("=")
+    modality, sep, extractor = item.partition("=")
     if not sep:
-      raise SystemExit(f"--datasets: {spec!r}: expected name[:modality=encoder,...]")
-    encoders[modality] = encoder
-  return name, encoders
+      raise SystemExit(f"--datasets: {spec!r}: expected name[:modality=extractor,...]")
+    extractors[modality] = extractor
+  return name, extractors
 
 
 def default_args(method: str, spec: str) -> str:
   """The `configs/default.py:` argument that builds this row's preset."""
-  dataset, encoders = parse_dataset(spec)
+  dataset, extractors = parse_dataset(spec)
   return ",".join(
-    [f"method={method}", f"dataset={dataset}"] + [f"{k}={v}" for k, v in encoders.items()]
+    [f"method={method}", f"dataset={dataset}"] + [f"{k}={v}" for k, v in extractors.items()]
   )
 
 
@@ -128,8 +128,8 @@ def _data_dir(c, args):
 
 
 def protocol_config(method: str, spec: str, args, *, use_tuned: bool):
-  dataset, encoders = parse_dataset(spec)
-  c = presets.build(method, dataset, encoders=encoders, use_tuned=use_tuned)
+  dataset, extractors = parse_dataset(spec)
+  c = presets.build(method, dataset, extractors=extractors, use_tuned=use_tuned)
   if not use_tuned:
     for key, value in settings(args).items():
       dotted.set_(c, key, value)
@@ -137,8 +137,8 @@ def protocol_config(method: str, spec: str, args, *, use_tuned: bool):
 
 
 def slug(spec: str) -> str:
-  dataset, encoders = parse_dataset(spec)
-  return store.variant(dataset, encoders)
+  dataset, extractors = parse_dataset(spec)
+  return store.variant(dataset, extractors)
 
 
 def tune_command(method: str, spec: str, args) -> str:
@@ -166,7 +166,7 @@ def tune_cell(method, spec, args, prov, log) -> dict:
   counts = {s: sum(t.state.name == s for t in done) for s in ("COMPLETE", "PRUNED", "FAIL")}
   if not counts["COMPLETE"]:
     raise RuntimeError(f"{method}/{spec}: no trial of the study completed ({counts})")
-  dataset, encoders = parse_dataset(spec)
+  dataset, extractors = parse_dataset(spec)
   cell = {
     "trials": counts,
     "best_validation": study.best_value,
@@ -178,7 +178,7 @@ def tune_cell(method, spec, args, prov, log) -> dict:
   tuned = store.Tuned(
     method=method,
     dataset=dataset,
-    encoders=presets.variant_encoders(dataset, encoders),
+    extractors=presets.variant_extractors(dataset, extractors),
     params=dict(study.best_trial.params),
     settings=settings(args),
     tuning=cell,
@@ -335,14 +335,14 @@ def run(args, results: Results, prov, log) -> None:
 
   for spec in args.datasets:
     log(spec)
-    dataset, encoders = parse_dataset(spec)
+    dataset, extractors = parse_dataset(spec)
     for method in args.methods:
       if cell(spec, "tuning", method, tune_cell, method, spec, args, prov, log) is None:
         continue
-      if presets.tuned(method, dataset, encoders) is None:
+      if presets.tuned(method, dataset, extractors) is None:
         raise SystemExit(
           f"{method}/{spec} was tuned (accuracy.json) but its preset file is missing: "
-          f"{store.path(method, dataset, presets.variant_encoders(dataset, encoders))}"
+          f"{store.path(method, dataset, presets.variant_extractors(dataset, extractors))}"
         )
       final = dict(prov=prov, log=log, seeds=args.seeds, seed=FINAL_SEED)
       cell(spec, "final", method, run_cell, method, method, spec, args, {}, **final)
@@ -360,7 +360,7 @@ def run(args, results: Results, prov, log) -> None:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--methods", nargs="+", default=methods.names(), choices=methods.names())
-  p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="name[:modality=encoder]")
+  p.add_argument("--datasets", nargs="+", default=list(DATASETS), help="name[:modality=extractor]")
   p.add_argument("--trials", type=int, default=24)
   p.add_argument("--population", type=int, default=4, help="trials per program")
   p.add_argument("--seeds", type=int, default=5)

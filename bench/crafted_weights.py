@@ -1,10 +1,10 @@
-"""What each crafted weight file of tests/encoders/torch_files.py costs the reader: wall seconds,
+"""What each crafted weight file of tests/extractors/torch_files.py costs the reader: wall seconds,
 the peak memory it adds, and how it ends. Each file is read in a process of its own, under a
 memory cap and a time limit, so a reader that does not hold can be measured too.
 
   python bench/crafted_weights.py                        # this checkout's reader
   python bench/crafted_weights.py --reader old.py        # another copy of torch_pickle.py, e.g.
-      git show 4a2e371:mscross/encoders/torch_pickle.py > /tmp/old_reader.py
+      git show 4a2e371:mscross/extractors/torch_pickle.py > /tmp/old_reader.py
 
 Writes bench/results/crafted_weights.{md,json} (with --out, elsewhere). The targets: one
 DataError line in under 2 s and under 200 MB of added peak memory for every file.
@@ -22,10 +22,10 @@ from pathlib import Path
 
 from provenance import ROOT, header, provenance
 
-sys.path.insert(0, os.path.join(ROOT, "tests", "encoders"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "extractors"))
 import torch_files  # noqa: E402 - the crafted files live with the tests that use them
 
-READER = os.path.join(ROOT, "mscross", "encoders", "torch_pickle.py")
+READER = os.path.join(ROOT, "mscross", "extractors", "torch_pickle.py")
 SECONDS_TARGET, MB_TARGET = 2.0, 200.0
 
 # Runs in the child: import the reader, note the peak resident memory, read the file, report.

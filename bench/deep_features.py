@@ -4,7 +4,7 @@ preset settings (`configs/default.py:method=mnsgan,dataset=...`), test mAP@all p
     python bench/deep_features.py
     python bench/deep_features.py --rows wikipedia wikipedia/text=minilm web_news
 
-A row is a dataset name, optionally with encoder choices "<modality>=<encoder>" after a slash
+A row is a dataset name, optionally with extractor choices "<modality>=<extractor>" after a slash
 (separated by "+"). Each run is a workdir under --root; a finished one is read back, not redone.
 Writes bench/results/deep_features.{md,json}.
 """
@@ -29,8 +29,8 @@ def config_of(row: str):
   dataset, _, choices = row.partition("/")
   c = presets.build(METHOD, dataset)
   for choice in filter(None, choices.split("+")):
-    modality, encoder = choice.split("=")
-    c.data.encoders[modality] = encoder
+    modality, extractor = choice.split("=")
+    c.data.extractors[modality] = extractor
   return c
 
 
@@ -47,7 +47,7 @@ def run_row(row: str, root: str) -> dict:
   member = result["members"][0]
   return {
     "row": row,
-    "encoders": dict(c.data.encoders),
+    "extractors": dict(c.data.extractors),
     "workdir": os.path.relpath(workdir, ROOT),
     "best_step": member["best_step"],
     "i2t_map": test["i2t_map"],
@@ -55,7 +55,7 @@ def run_row(row: str, root: str) -> dict:
     "avg_map": test["avg_map"],
     "command": (
       f"python train.py --config configs/default.py:method={METHOD},dataset={c.data.name}"
-      + "".join(f" --config.data.encoders.{m}={e}" for m, e in c.data.encoders.items() if e)
+      + "".join(f" --config.data.extractors.{m}={e}" for m, e in c.data.extractors.items() if e)
     ),
   }
 
@@ -74,8 +74,8 @@ def markdown(results: dict) -> str:
   ]
   for r in results["rows"]:
     dataset = r["row"].split("/")[0]
-    image = r["encoders"].get("image") or "SIFT BoVW"
-    text = r["encoders"].get("text") or "LDA topics"
+    image = r["extractors"].get("image") or "SIFT BoVW"
+    text = r["extractors"].get("text") or "LDA topics"
     lines.append(
       f"| {dataset} | {image} | {text} | {r['i2t_map']:.3f} | {r['t2i_map']:.3f} | "
       f"**{r['avg_map']:.3f}** | {r['best_step']} |"

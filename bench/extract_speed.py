@@ -7,13 +7,13 @@ the whole web_news preparation, cold and cached.
 
 Run it alone on a quiet machine. Parts:
 - images: EfficientNet-Lite0 on `--images` web_news photos, already decoded and cropped (the
-  encoder alone), Flax (jit) against `efficientnet-lite-pytorch` with the same weights, at the
+  extractor alone), Flax (jit) against `efficientnet-lite-pytorch` with the same weights, at the
   same batch size, PyTorch limited to `--threads` threads (XLA uses every core it sees; run
   with that many cores). Repeats interleaved; median throughput per side.
 - text: all-MiniLM-L6-v2 on `--texts` Wikipedia article sections, end to end (tokenising,
   padding, encoding), mscross against sentence-transformers' `encode` at the same batch size.
 - prepare: `load_split("web_news", ...)` for every split in a fresh process with an empty
-  cache (weight conversion, image decoding, both encoders, writing), then in another fresh
+  cache (weight conversion, image decoding, both extractors, writing), then in another fresh
   process from that cache; each timed from the import of mscross.
 Writes bench/results/extract_speed.{md,json}.
 """
@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from provenance import ROOT, header, provenance, write_results
 
-from mscross import data, encoders
+from mscross import data, extractors
 from mscross.data import raw
-from mscross.encoders import efficientnet, images
+from mscross.extractors import efficientnet, images
 
 
 def _timed(fn) -> float:
@@ -63,7 +63,7 @@ def image_part(args, data_dir: str) -> dict:
   inputs = efficientnet.normalize(crops)
   batches = [inputs[i : i + args.batch] for i in range(0, len(inputs), args.batch)]
   batches = [b for b in batches if len(b) == args.batch]
-  model = encoders.get("efficientnet_lite0").load()
+  model = extractors.get("efficientnet_lite0").load()
   apply = jax.jit(model.apply)
   reference = EfficientNet.from_pretrained(
     "efficientnet-lite0",
@@ -110,7 +110,7 @@ def text_part(args, data_dir: str) -> dict:
     reference = SentenceTransformer(tmp, device="cpu", local_files_only=True)
 
   def ours():
-    raw.encode_items("minilm", texts, batch_size=args.batch)
+    raw.extract_items("minilm", texts, batch_size=args.batch)
 
   def theirs():
     reference.encode(texts, batch_size=args.batch, convert_to_numpy=True)

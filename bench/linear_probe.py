@@ -5,7 +5,7 @@
 
 Per feature set: features z-scored with training statistics, multinomial logistic regression
 (scikit-learn, L2) with C chosen on the VALIDATION split from a grid, then test accuracy once.
-The features are the datasets' own (Wikipedia's SIFT and LDA) or a pretrained encoder's,
+The features are the datasets' own (Wikipedia's SIFT and LDA) or a pretrained extractor's,
 extracted and cached by `mscross.data` like any training run's. Writes
 bench/results/linear_probe.{md,json}.
 """
@@ -23,7 +23,7 @@ from provenance import ROOT, header, provenance, write_results
 
 from mscross import data
 
-# "<dataset>/<modality>/<features>": "own" is the dataset's own features, else an encoder.
+# "<dataset>/<modality>/<features>": "own" is the dataset's own features, else an extractor.
 SETS = (
   "wikipedia/image/own",
   "wikipedia/text/own",
@@ -61,7 +61,7 @@ def probe(train, validation, test, seed: int = 0) -> dict:
 
 def run_set(name: str, data_dir: str | None) -> dict:
   dataset, modality, features = name.split("/")
-  options = data.Options(encoders={} if features == "own" else {modality: features})
+  options = data.Options(extractors={} if features == "own" else {modality: features})
   started = time.perf_counter()
   splits = {s: data.load_split(dataset, s, data_dir, options) for s in data.SPLITS}
   load_seconds = time.perf_counter() - started

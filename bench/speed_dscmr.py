@@ -239,7 +239,7 @@ def check_dscmr_preset(config) -> list[str]:
   """Where `presets.build("dscmr", ...)` departs from docs/methods.md's DSCMR (empty if nowhere)."""
   expected = {
     "model.encoder_layers": (),
-    "model.width": 2048,
+    "model.encoder_width": 2048,
     "model.shared_layers": (1024,),
     "model.activation": "relu",
     "model.activate_final": True,

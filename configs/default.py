@@ -11,10 +11,10 @@ Arguments (comma-separated key=value after the colon):
   dataset     a dataset name, `mscross.data.available_datasets()` (default digits_halves)
   labels      true (default) | false: instance-level retrieval, the class labels dropped
   tuned       true (default) | false: the registry's settings, without the stored tuned preset
-  <modality>  an encoder (`mscross.encoders.names()`) for one of the dataset's raw modalities,
+  <modality>  an extractor (`mscross.extractors.names()`) for one of the dataset's raw modalities,
               e.g. text=wordllama on wikipedia, image=efficientnet_lite0 on web_news
 
-Where the benchmark tuned the (method, dataset, encoders) it builds, the config carries the tuned
+Where the benchmark tuned the (method, dataset, extractors) it builds, the config carries the tuned
 values stored in mscross/presets/tuned/ (each file names the command that tuned it).
 
 A wrong method or dataset name is answered with the list of valid ones. Datasets other than
@@ -28,24 +28,24 @@ _KEYS = ("method", "dataset", "labels", "tuned")
 
 def get_config(arg=None):
   args = {"method": "mnsgan", "dataset": "digits_halves", "labels": "true", "tuned": "true"}
-  encoders = {}
+  extractors = {}
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or not key:
       raise ValueError(
         f"configs/default.py takes {', '.join(k + '=...' for k in _KEYS)} and "
-        f"<modality>=<encoder>: {item!r}"
+        f"<modality>=<extractor>: {item!r}"
       )
     if key in _KEYS:
       args[key] = value.strip()
     else:
-      encoders[key] = value.strip()
+      extractors[key] = value.strip()
   return presets.build(
     args["method"],
     args["dataset"],
     labels=_flag(args, "labels"),
-    encoders=encoders,
+    extractors=extractors,
     use_tuned=_flag(args, "tuned"),
   )
 

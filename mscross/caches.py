@@ -2,7 +2,7 @@
 `~/.cache/mscross`, with a folder per kind of thing kept.
 
     <root>/tfds/        prepared datasets (`mscross.data.cache`)
-    <root>/tfds/_encoded/  each raw modality's extracted features, per extractor and item list
+    <root>/tfds/_extracted/  each raw modality's extracted features, per extractor and item list
     <root>/extractors/  pretrained extractors' converted weights (`mscross.extractors.weights`)
     <root>/jax/         JAX's compilation cache, and traced programs (`programs/`)
 
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT_ENV = "MSCROSS_CACHE_DIR"
 JAX_ENV = "MSCROSS_JAX_CACHE_DIR"
 
-PREPARED, EXTRACTED, WEIGHTS, JAX, PROGRAMS = "tfds", "_encoded", "extractors", "jax", "programs"
+PREPARED, EXTRACTED, WEIGHTS, JAX, PROGRAMS = "tfds", "_extracted", "extractors", "jax", "programs"
 
 
 def root() -> Path:

@@ -75,6 +75,15 @@ def enable_compilation_cache(enabled: bool) -> str | None:
 
 def _config_message(argv, e: Exception) -> str:
   overrides = [a for a in argv[1:] if a.startswith("--config")]
+  from mscross import config as config_lib
+  from mscross.errors import ConfigError
+
+  for override in overrides:
+    key = override.split("=", 1)[0].removeprefix("--config").lstrip(".")
+    try:
+      config_lib.check_renamed([key], override.split("=", 1)[0])
+    except ConfigError as renamed:
+      return str(renamed)
   detail = str(e).strip("\"'") or type(e).__name__
   return f"cannot apply {' '.join(overrides) or 'the config file'}: {type(e).__name__}: {detail}"
 

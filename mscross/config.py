@@ -11,10 +11,24 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 
 import ml_collections
 
+from mscross import dotted
 from mscross.errors import ConfigError
+
+# Keys renamed since earlier versions, old -> new: a config that still uses one (an old workdir's
+# config.json, a saved best_config.json, a --config override) is refused in one line naming the
+# new key, never half-read.
+RENAMED = {
+  "data.encoders": "data.extractors",
+  "data.encode_batch": "data.extract_batch",
+  "model.width": "model.encoder_width",
+  "eval.ks": "eval.precision_ks",
+  "loss.acmr_triplet.negative": "loss.acmr_triplet.negatives",
+  "loss.ms2gan_similarity.mining": "loss.ms2gan_similarity.negatives",
+}
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,21 +49,21 @@ def base_config() -> ml_collections.ConfigDict:
   # for every modality unless `data.powers.<modality>` says otherwise.
   c.data.power = 1.0
   c.data.powers = ml_collections.ConfigDict()
-  # Datasets of raw images and texts: the pretrained encoder of each raw modality
-  # (`mscross.encoders.names()`); the presets fill in the dataset's defaults.
-  c.data.encoders = ml_collections.ConfigDict()
+  # Datasets of raw images and texts: the pretrained extractor of each raw modality
+  # (`mscross.extractors.names()`); the presets fill in the dataset's defaults.
+  c.data.extractors = ml_collections.ConfigDict()
   # A pair with an unreadable raw item (missing or corrupt image, empty or non-UTF-8 text):
   # "skip" it and list it in the workdir's data_problems.tsv, or "stop".
   c.data.bad_input = "skip"
-  # Raw items per encoder call during feature extraction.
-  c.data.encode_batch = 32
+  # Raw items per extractor call during feature extraction.
+  c.data.extract_batch = 32
 
   c.model = ml_collections.ConfigDict()
   # Hidden widths of each modality-specific encoder; `model.encoders.<modality>` overrides them
-  # for one modality. Every encoder ends in a layer of `model.width` units.
+  # for one modality. Every encoder ends in a layer of `model.encoder_width` units.
   c.model.encoder_layers = (256,)
   c.model.encoders = ml_collections.ConfigDict()
-  c.model.width = 64
+  c.model.encoder_width = 64
   # The common sub-network, ONE set of weights applied to every modality (its last width is the
   # common embedding's); empty: the encoders' outputs are the common embeddings.
   c.model.shared_layers = ()
@@ -125,7 +139,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.parallel.host_steps = 50
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.ks = (1, 5, 10, 50, 100)
+  c.eval.precision_ks = (1, 5, 10, 50, 100)  # precision@K
   c.eval.map_ks = (50,)
   c.eval.recall_ks = (1, 5, 10)  # Recall@k of instance-level (unlabelled) retrieval
   c.eval.select_metric = "avg_map"  # chosen on the validation split, never on test
@@ -154,9 +168,28 @@ def _choice(name: str, value, choices) -> None:
     raise ConfigError(f"config.{name} must be one of {list(choices)}, got {value!r}")
 
 
+def check_renamed(keys: Iterable[str], where: str = "the config") -> None:
+  """ConfigError naming the new key when any of the dotted `keys` is one of `RENAMED`."""
+  for key in keys:
+    for old, new in RENAMED.items():
+      if key == old or key.startswith(old + "."):
+        raise ConfigError(f"{where} uses {old}, which mscross now calls {new}: rename it")
+
+
+def _keys(tree, prefix: str = "") -> list[str]:
+  """Every dotted key of a nested mapping, sections (empty ones too) included."""
+  out = []
+  for key, value in tree.items():
+    out.append(f"{prefix}{key}")
+    if dotted.is_node(value):
+      out += _keys(value, f"{prefix}{key}.")
+  return out
+
+
 def validate(config) -> None:
   """The schema check of a config (types, ranges, choices); raises ConfigError with one line.
   What needs the registries or the data is checked when the run plan is resolved."""
+  check_renamed(_keys(config))
   _positive_ints(
     config,
     "train",
@@ -172,14 +205,15 @@ def validate(config) -> None:
     raise ConfigError("config.optim.disc_lr and config.optim.grad_clip must be >= 0")
 
   _choice("data.bad_input", config.data.bad_input, ("skip", "stop"))
-  _positive_ints(config, "data", ("encode_batch",))
+  _positive_ints(config, "data", ("extract_batch",))
 
   m = config.model
   _widths("model.encoder_layers", tuple(m.encoder_layers), allow_empty=True)
   for name, layers in m.encoders.items():
     _widths(f"model.encoders.{name}", tuple(layers), allow_empty=True)
-  if isinstance(m.width, bool) or not isinstance(m.width, int) or m.width < 1:
-    raise ConfigError(f"config.model.width must be a positive integer, got {m.width!r}")
+  width = m.encoder_width
+  if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+    raise ConfigError(f"config.model.encoder_width must be a positive integer, got {width!r}")
   _widths("model.shared_layers", tuple(m.shared_layers), allow_empty=True)
   _widths("disc.layers", tuple(config.disc.layers), allow_empty=True)
   _choice("model.activation", m.activation, ("tanh", "relu", "leaky_relu", "sigmoid", "none"))
@@ -230,7 +264,9 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
       raise ConfigError(f"{path} is not valid JSON: {e}") from None
   if not isinstance(raw, dict):
     raise ConfigError(f"{path} does not hold a config (a JSON object)")
-  return ml_collections.ConfigDict(_tuples(raw))
+  config = ml_collections.ConfigDict(_tuples(raw))
+  check_renamed(_keys(config), path)
+  return config
 
 
 def _tuples(value):

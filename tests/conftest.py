@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mscross import data, dotted, encoders, presets
+from mscross import data, dotted, extractors, presets
 from mscross.methods.models import DataSpec
 from mscross.training import plan as plan_lib
 from mscross.training import program as program_lib
@@ -112,7 +112,7 @@ def small_config(method: str = "acmr", overrides: dict | None = None, **sections
   # Without the stored tuned values: the tests size their runs from the registry's settings.
   c = presets.build(method, "digits_halves", use_tuned=False)
   c.model.encoder_layers = (16,)
-  c.model.width = 8
+  c.model.encoder_width = 8
   if c.model.shared_layers:
     c.model.shared_layers = (8,) * len(c.model.shared_layers)
   c.disc.layers = (8, 4)
@@ -128,7 +128,7 @@ def trainer_config(method: str = "acmr", steps: int = 40, overrides: dict | None
   """A config that train_and_evaluate runs in seconds on digits_halves, evaluating and saving
   every 10 steps."""
   c = small_config(method)
-  c.model.encoder_layers, c.model.width = (32,), 16
+  c.model.encoder_layers, c.model.encoder_width = (32,), 16
   c.train.batch_size, c.train.steps = 32, steps
   c.train.eval_every = c.train.checkpoint_every = 10
   c.train.patience = 0
@@ -203,7 +203,7 @@ TINY_FLAGS = (
   "--config.train.eval_every=10",
   "--config.train.checkpoint_every=10",
   "--config.model.encoder_layers=(32,)",
-  "--config.model.width=16",
+  "--config.model.encoder_width=16",
   "--nocompilation_cache",
 )
 # The six directions of three modalities, in the order the metrics name them.
@@ -276,32 +276,32 @@ def postgres_server():
   server.close()
 
 
-# Small stand-ins for the pretrained encoders, for tests of the raw-data path that need no
-# weights: registered like a user's own encoder would be (see `mscross.encoders.registry`).
+# Small stand-ins for the pretrained extractors, for tests of the raw-data path that need no
+# weights: registered like a user's own extractor would be (see `mscross.extractors.registry`).
 TINY_IMAGE_DIM, TINY_TEXT_DIM = 12, 16
-ENCODE_CALLS = {"image": 0, "text": 0}
+EXTRACT_CALLS = {"image": 0, "text": 0}
 
 
-@encoders.register("tiny_image", kind="image", dim=TINY_IMAGE_DIM, licence="-", weights="-")
-def _tiny_image() -> encoders.Model:
+@extractors.register("tiny_image", kind="image", dim=TINY_IMAGE_DIM, licence="-", weights="-")
+def _tiny_image() -> extractors.Model:
   def prepare(image):
-    ENCODE_CALLS["image"] += 1
+    EXTRACT_CALLS["image"] += 1
     pixels = np.asarray(image.resize((2, 2)), np.float32) / 255.0
     return {"pixels": pixels}
 
-  return encoders.Model(
+  return extractors.Model(
     params={"scale": np.float32(1.0)},
     prepare=prepare,
-    collate=encoders.stack_collate,
+    collate=extractors.stack_collate,
     apply=lambda params, batch: params["scale"] * batch["pixels"].reshape(-1, TINY_IMAGE_DIM),
     fingerprint="tiny_image-1",
   )
 
 
-@encoders.register("tiny_text", kind="text", dim=TINY_TEXT_DIM, licence="-", weights="-")
-def _tiny_text() -> encoders.Model:
+@extractors.register("tiny_text", kind="text", dim=TINY_TEXT_DIM, licence="-", weights="-")
+def _tiny_text() -> extractors.Model:
   def prepare(text):
-    ENCODE_CALLS["text"] += 1
+    EXTRACT_CALLS["text"] += 1
     return {
       "ids": np.asarray([ord(ch) % TINY_TEXT_DIM for ch in text], np.int32),
       # Its "vocabulary" is ASCII: every other character counts as an unknown token.
@@ -312,17 +312,17 @@ def _tiny_text() -> encoders.Model:
     counts = jax.nn.one_hot(batch["ids"], TINY_TEXT_DIM) * batch["mask"][..., None]
     return counts.sum(axis=1) / jnp.maximum(batch["mask"].sum(axis=1, keepdims=True), 1)
 
-  return encoders.Model(
+  return extractors.Model(
     params={},
     prepare=prepare,
-    collate=encoders.pad_collate(),
+    collate=extractors.pad_collate(),
     apply=apply,
     fingerprint="tiny_text-1",
     unknown_tokens=lambda prepared: (int(prepared["unknown"]), len(prepared["ids"])),
   )
 
 
-TINY_ENCODERS = {"image": "tiny_image", "text": "tiny_text"}
+TINY_EXTRACTORS = {"image": "tiny_image", "text": "tiny_text"}
 
 
 def write_image(path: Path, mode: str = "RGB", size=(24, 16), seed: int = 0, fmt=None) -> Path:

@@ -170,7 +170,7 @@ def test_dataset_specs_and_commands(bench):
   assert bench.parse_dataset("wikipedia:text=wordllama") == ("wikipedia", {"text": "wordllama"})
   assert bench.slug("wikipedia:text=wordllama") == "wikipedia.text-wordllama"
   assert bench.slug("uci_mfeat/fou_pix") == "uci_mfeat-fou_pix"
-  with pytest.raises(SystemExit, match="modality=encoder"):
+  with pytest.raises(SystemExit, match="modality=extractor"):
     bench.parse_dataset("wikipedia:wordllama")
   command = bench.train_command(
     "mnsgan", "wikipedia:text=wordllama", {"adv.enabled": False}, seeds=5, seed=1000, workdir="w"

@@ -29,11 +29,11 @@ def tiny_config(method: str):
   """`method`'s Wikipedia preset with layers small enough to compile in a second or two."""
   c = presets.build(method, "wikipedia")
   if method == "dscmr":
-    c.model.width = 16
+    c.model.encoder_width = 16
     c.model.shared_layers = (8,)
   else:
     c.model.encoder_layers = (8,)
-    c.model.width = 8
+    c.model.encoder_width = 8
     if c.model.shared_layers:
       c.model.shared_layers = (8, 8)
     c.disc.layers = (4,)
@@ -102,7 +102,7 @@ def test_train_py_process_on_synthetic_features(bench, tmp_path, monkeypatch):
     population_size=2,
     workdir=tmp_path / "run",
     jax_cache=tmp_path / "jax",
-    extra_flags=("--config.model.width=16",),
+    extra_flags=("--config.model.encoder_width=16",),
   )
   assert run["steps"] == 2 and run["population"] == 2
   assert 0 < run["startup_s"] <= run["wall_s"]

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mscross import config as config_lib
-from mscross import presets
+from mscross import methods, presets
 from mscross.errors import ConfigError
 
 
@@ -17,7 +17,7 @@ from mscross.errors import ConfigError
     ("train.steps", 0, "train.steps must be a positive integer"),
     ("train.patience", -1, "patience must be >= 0"),
     ("optim.lr", 0.0, "optim.lr must be positive"),
-    ("model.width", 0, "model.width must be a positive integer"),
+    ("model.encoder_width", 0, "model.encoder_width must be a positive integer"),
     ("model.activation", "gelu", "model.activation must be one of"),
     ("adv.schedule", "linear", "adv.schedule must be one of"),
     ("adv.generator_loss", "wasserstein", "adv.generator_loss must be one of"),
@@ -64,3 +64,27 @@ def test_confusion_needs_alternating_steps():
     config_lib.validate(c)
   c.adv.mode = "alternating"
   config_lib.validate(c)
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(config_lib.RENAMED.items()))
+def test_a_renamed_key_is_one_line_naming_the_new_one(tmp_path, old, new):
+  """An old workdir's config.json (or a saved best_config.json) that still uses a renamed key."""
+  c = presets.build("acmr" if "acmr" in old else "ms2gan", "web_news")
+  raw = json.loads(config_lib.to_json(c))
+  section, _, rest = new.partition(".")
+  node = raw[section]
+  for part in rest.split(".")[:-1]:
+    node = node[part]
+  node[old.rsplit(".", 1)[1]] = node.pop(new.rsplit(".", 1)[1])
+  path = tmp_path / "config.json"
+  path.write_text(json.dumps(raw))
+  with pytest.raises(ConfigError) as caught:
+    config_lib.load_config_file(str(path))
+  message = str(caught.value)
+  assert f"uses {old}, which mscross now calls {new}" in message and "\n" not in message
+
+
+def test_a_renamed_search_value_is_one_line_naming_the_new_one():
+  c = presets.build("mnsgan", "digits_halves")
+  with pytest.raises(ConfigError, match="'width' is now 'embedding_width'"):
+    methods.apply_params(c, "mnsgan", {"width": 64})

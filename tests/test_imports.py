@@ -11,7 +11,7 @@ PACKAGE = REPO / "mscross"
 # Lowest first: a room may import its own level and those below it, never one above.
 LEVELS = [
   {"mscross.errors", "mscross.dotted", "mscross.atomic", "mscross.caches"},
-  {"mscross.encoders"},
+  {"mscross.extractors"},
   {"mscross.data", "mscross.metrics"},
   {"mscross.methods"},
   {"mscross.config", "mscross.presets"},

@@ -173,9 +173,9 @@ def load_split(
     split: "train", "validation" or "test".
     data_dir: folder holding the source data (see the module docstring for each dataset's
       layout); defaults to $MSCROSS_DATA_DIR. Not needed for "digits_halves".
-    options: for datasets of raw images and texts, the encoder of each modality and what to
-      do with unreadable items, e.g. `Options(encoders={"text": "minilm"})`; the prepared
-      features are cached per choice of encoders.
+    options: for datasets of raw images and texts, the extractor of each modality and what to
+      do with unreadable items, e.g. `Options(extractors={"text": "minilm"})`; the prepared
+      features are cached per choice of extractors.
 
   Returns:
     The split's float32 features per modality, multi-hot float32 labels (None when the
@@ -183,7 +183,7 @@ def load_split(
 
   Raises:
     DataError: unknown dataset or split, missing data directory, or missing/malformed source.
-    ConfigError: an unknown encoder, or one named for a modality without raw items.
+    ConfigError: an unknown extractor, or one named for a modality without raw items.
   """
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")

@@ -1,5 +1,5 @@
 """`archive` and `web_news`: raw image-text pairs in the layout of the Wikipedia dataset's
-original archive, encoded into features by pretrained encoders (`data.encoders`).
+original archive, extracted into features by pretrained extractors (`data.extractors`).
 
 Layout of the folder:
 
@@ -97,10 +97,10 @@ def listed_pairs(folder: Path) -> tuple[tuple[str, ...], list[raw.Pair]]:
 
 
 class Archive(base.PairedBuilder, skip_registration=True):
-  """Raw image-text pairs in the Wikipedia archive layout, encoded by pretrained encoders.
+  """Raw image-text pairs in the Wikipedia archive layout, extracted by pretrained extractors.
 
-  Modalities `image` and `text`; the encoders are `data.encoders.image` (default
-  efficientnet_lite0) and `data.encoders.text` (default minilm). The lists give train and
+  Modalities `image` and `text`; the extractors are `data.extractors.image` (default
+  efficientnet_lite0) and `data.extractors.text` (default minilm). The lists give train and
   test; `validation` is a seeded (seed 0), class-stratified 10% of train. A pair whose image
   or text cannot be read is skipped and listed (`data.bad_input=stop` stops instead).
   Ids are "<text id>/<image id>".
@@ -109,7 +109,7 @@ class Archive(base.PairedBuilder, skip_registration=True):
   NAME = "archive"
   SOURCE_SUBDIR = ""
   RAW_MODALITIES: ClassVar[dict[str, str]] = {"image": "image", "text": "text"}
-  DEFAULT_ENCODERS: ClassVar[dict[str, str]] = {"image": "efficientnet_lite0", "text": "minilm"}
+  DEFAULT_EXTRACTORS: ClassVar[dict[str, str]] = {"image": "efficientnet_lite0", "text": "minilm"}
   # Deep features of a few thousand pairs: z-scored inputs, a larger batch than the default.
   PRESET: ClassVar[dict[str, Any]] = {
     **base.PairedBuilder.PRESET,
@@ -144,7 +144,7 @@ class Archive(base.PairedBuilder, skip_registration=True):
 
   def read_source(self) -> dict[str, base.Split]:
     class_names, pairs = listed_pairs(self._source_dir)
-    kept, features = self.encode_raw(pairs)
+    kept, features = self.extract_raw(pairs)
     official = {}
     for split in LISTS:
       rows = [i for i, pair in enumerate(kept) if pair.split == split]
@@ -164,13 +164,13 @@ class Archive(base.PairedBuilder, skip_registration=True):
 class WebNews(Archive, skip_registration=True):
   """Web news photos and their Chinese captions, 10 classes, in the archive layout (`archive`).
 
-  Reads <data_dir>/web_news/. Text encoder by default wordllama, whose vocabulary covers
+  Reads <data_dir>/web_news/. Text extractor by default wordllama, whose vocabulary covers
   Chinese (minilm's is English: most Chinese characters become unknown tokens).
   """
 
   NAME = "web_news"
   SOURCE_SUBDIR = "web_news"
-  DEFAULT_ENCODERS: ClassVar[dict[str, str]] = {
+  DEFAULT_EXTRACTORS: ClassVar[dict[str, str]] = {
     "image": "efficientnet_lite0",
     "text": "wordllama",
   }

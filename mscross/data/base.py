@@ -222,11 +222,11 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   }
 
   # Modalities this dataset can make from raw items, modality -> kind ("image" or "text"), and
-  # the encoder each uses when `data.encoders.<modality>` is empty (none: the modality keeps
-  # the dataset's own features unless an encoder is configured).
+  # the extractor each uses when `data.extractors.<modality>` is empty (none: the modality keeps
+  # the dataset's own features unless an extractor is configured).
   RAW_MODALITIES: ClassVar[dict[str, str]] = {}
-  DEFAULT_ENCODERS: ClassVar[dict[str, str]] = {}
-  # Appended to the message when `data.encoders` names a modality without raw items.
+  DEFAULT_EXTRACTORS: ClassVar[dict[str, str]] = {}
+  # Appended to the message when `data.extractors` names a modality without raw items.
   RAW_NOTE: ClassVar[str] = ""
 
   def __init_subclass__(cls, **kwargs: Any):
@@ -263,32 +263,32 @@ class PairedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
 
   @classmethod
-  def encoded_modalities(cls, options: raw.Options) -> dict[str, str]:
+  def extracted_modalities(cls, options: raw.Options) -> dict[str, str]:
     """modality -> kind of the modalities made from raw items under `options`; ConfigError
-    when `options` names an encoder for a modality without raw items."""
-    raw.check_encoders(options, cls.RAW_MODALITIES, cls.NAME or cls.__name__, cls.RAW_NOTE)
+    when `options` names an extractor for a modality without raw items."""
+    raw.check_extractors(options, cls.RAW_MODALITIES, cls.NAME or cls.__name__, cls.RAW_NOTE)
     return {
       m: kind
       for m, kind in cls.RAW_MODALITIES.items()
-      if options.encoders.get(m) or cls.DEFAULT_ENCODERS.get(m)
+      if options.extractors.get(m) or cls.DEFAULT_EXTRACTORS.get(m)
     }
 
   @classmethod
   def options_key(cls, options: raw.Options) -> dict[str, Any]:
     """What of `options` changes the prepared data, for the cache key."""
-    encoded = cls.encoded_modalities(options)
-    return raw.fingerprint(options, encoded, cls.DEFAULT_ENCODERS) if encoded else {}
+    extracted = cls.extracted_modalities(options)
+    return raw.fingerprint(options, extracted, cls.DEFAULT_EXTRACTORS) if extracted else {}
 
-  def encode_raw(self, pairs: list[raw.Pair]) -> tuple[list[raw.Pair], dict[str, np.ndarray]]:
+  def extract_raw(self, pairs: list[raw.Pair]) -> tuple[list[raw.Pair], dict[str, np.ndarray]]:
     """Encodes the pairs' raw items (`raw.encode`), recording the problems found."""
     kept, problems = raw.duplicates(pairs)
     if problems and self._options.bad_input == "stop":
       raise DataError(f"{self.NAME}: {problems[0].reason}; set data.bad_input=skip to skip it")
-    kept, features, found = raw.encode(
+    kept, features, found = raw.extract(
       kept,
-      self.encoded_modalities(self._options),
+      self.extracted_modalities(self._options),
       self._options,
-      self.DEFAULT_ENCODERS,
+      self.DEFAULT_EXTRACTORS,
       self.NAME or type(self).__name__,
       cache_dir=caches.extracted(),
     )

@@ -112,11 +112,11 @@ def prepare(
   The TFDS data directory is keyed by a fingerprint of the source, so a different folder or an
   edited file gets its own freshly prepared copy and a stale cache is never served. Processes
   preparing the same source at once take turns on a lock file: the first prepares, the others
-  wait and then read its result. `options` (the encoders of raw items) are part of the key.
+  wait and then read its result. `options` (the extractors of raw items) are part of the key.
   """
   options = options or raw.Options()
   # A config mistake is named before the source is looked for: it holds whatever the folder.
-  builder_cls.encoded_modalities(options)
+  builder_cls.extracted_modalities(options)
   files = builder_cls.source_files(source_dir, config_name)
   fingerprint = _fingerprint(builder_cls, config_name, source_dir, files, options)
   root = caches.prepared() / builder_cls.name / fingerprint

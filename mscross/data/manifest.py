@@ -1,5 +1,5 @@
-"""`manifest`: raw image-text pairs listed in a CSV or JSON-lines file of your own, encoded into
-features by pretrained encoders (`data.encoders`).
+"""`manifest`: raw image-text pairs listed in a CSV or JSON-lines file of your own, extracted into
+features by pretrained extractors (`data.extractors`).
 
 The data directory holds `manifest.csv` (a header row) or `manifest.jsonl` (one JSON object a
 line) with, per pair:
@@ -122,11 +122,11 @@ def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], boo
 
 
 class Manifest(base.PairedBuilder, skip_registration=True):
-  """Raw image-text pairs listed in manifest.csv or manifest.jsonl, encoded by pretrained
-  encoders.
+  """Raw image-text pairs listed in manifest.csv or manifest.jsonl, extracted by pretrained
+  extractors.
 
-  Modalities `image` and `text`; the encoders are `data.encoders.image` (default
-  efficientnet_lite0) and `data.encoders.text` (default minilm). Labels (class names) are
+  Modalities `image` and `text`; the extractors are `data.extractors.image` (default
+  efficientnet_lite0) and `data.extractors.text` (default minilm). Labels (class names) are
   optional. With a split column, its train/validation/test (validation, if absent, a seeded
   10% of train); without, a seeded (seed 0) 60/20/20 split, class-stratified when labelled.
   A pair whose image or text cannot be read is skipped and listed (`data.bad_input=stop`
@@ -136,7 +136,7 @@ class Manifest(base.PairedBuilder, skip_registration=True):
   NAME = "manifest"
   SOURCE_SUBDIR = ""
   RAW_MODALITIES: ClassVar[dict[str, str]] = {"image": "image", "text": "text"}
-  DEFAULT_ENCODERS: ClassVar[dict[str, str]] = {"image": "efficientnet_lite0", "text": "minilm"}
+  DEFAULT_EXTRACTORS: ClassVar[dict[str, str]] = {"image": "efficientnet_lite0", "text": "minilm"}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Pass as data_dir a folder holding manifest.csv or manifest.jsonl (columns image, text or "
     "text_path, optional label, split and id) and the files it names."
@@ -160,7 +160,7 @@ class Manifest(base.PairedBuilder, skip_registration=True):
 
   def read_source(self) -> dict[str, base.Split]:
     path, class_names, pairs, has_split = read_pairs(self._source_dir)
-    kept, features = self.encode_raw(pairs)
+    kept, features = self.extract_raw(pairs)
     labelled = bool(class_names)
     whole = base.Split(
       features,

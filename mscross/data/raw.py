@@ -1,7 +1,7 @@
 """Raw items (image files, texts) to features: the shared part of the raw-data builders.
 
 A raw dataset lists pairs (`Pair`: split, id, classes, and per modality an image file, a text
-file or an inline text). `encode` runs the chosen encoder of each modality over every listed
+file or an inline text). `extract` runs the chosen extractor of each modality over every listed
 item and returns the features of the pairs whose items could all be read. An unreadable item
 (a missing or corrupt image, an empty or non-UTF-8 text, an id listed twice) is a `Problem`
 naming its file and reason: by default its pair is skipped and the problem listed (in the
@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from mscross import atomic, encoders
+from mscross import atomic, extractors
 from mscross.errors import ConfigError, DataError
 
 BAD_INPUT_CHOICES = ("skip", "stop")
 # Folded into the key of every cached encoding and prepared dataset: bump when the reading of
 # items, or what is recorded of an encoding, changes.
-ENCODED_VERSION = "2"
-# The share of a text encoder's tokens unknown to its vocabulary from which the texts are named
+EXTRACTED_VERSION = "2"
+# The share of a text extractor's tokens unknown to its vocabulary from which the texts are named
 # as poorly covered (MiniLM on Chinese captions: 61%; on English articles: 0%).
 UNKNOWN_WARNING = 0.25
 PROBLEM_FIELDS = ("split", "id", "modality", "file", "reason", "action")
@@ -41,23 +41,23 @@ class Options:
   """How a dataset's raw items become features.
 
   Attributes:
-    encoders: modality -> encoder name; a modality left out uses the dataset's default.
+    extractors: modality -> extractor name; a modality left out uses the dataset's default.
     bad_input: "skip" (skip and list pairs with an unreadable item) or "stop".
-    batch_size: items per encoder call.
+    batch_size: items per extractor call.
   """
 
-  encoders: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  extractors: Mapping[str, str] = dataclasses.field(default_factory=dict)
   bad_input: str = "skip"
   batch_size: int = 32
 
   def __post_init__(self):
-    object.__setattr__(self, "encoders", {k: v for k, v in dict(self.encoders).items() if v})
+    object.__setattr__(self, "extractors", {k: v for k, v in dict(self.extractors).items() if v})
     if self.bad_input not in BAD_INPUT_CHOICES:
       raise ConfigError(
         f"data.bad_input={self.bad_input!r}; choose one of {', '.join(BAD_INPUT_CHOICES)}"
       )
     if self.batch_size < 1:
-      raise ConfigError(f"data.encode_batch={self.batch_size}; must be at least 1")
+      raise ConfigError(f"data.extract_batch={self.batch_size}; must be at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,11 +99,11 @@ def read_text(item: Path | str) -> str:
     text, where = item, "inline text"
   else:
     if not item.is_file():
-      raise encoders.BadInput(f"{item}: no such text file")
+      raise extractors.BadInput(f"{item}: no such text file")
     try:
       text = item.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-      raise encoders.BadInput(
+      raise extractors.BadInput(
         f"{item}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})"
       ) from exc
     where = str(item)
@@ -112,35 +112,37 @@ def read_text(item: Path | str) -> str:
       text = _XML_TAG.sub(" ", found.group(1) if found else text)
   text = " ".join(text.split())
   if not text:
-    raise encoders.BadInput(f"{where}: empty text")
+    raise extractors.BadInput(f"{where}: empty text")
   return text
 
 
-def encoder_for(
+def extractor_for(
   modality: str, kind: str, options: Options, defaults: Mapping[str, str]
-) -> encoders.Encoder:
-  """The encoder of one raw modality: the configured one, else the dataset's default."""
-  name = options.encoders.get(modality) or defaults.get(modality)
+) -> extractors.Extractor:
+  """The extractor of one raw modality: the configured one, else the dataset's default."""
+  name = options.extractors.get(modality) or defaults.get(modality)
   if not name:
-    raise ConfigError(f"no encoder for modality {modality!r}: set data.encoders.{modality}")
-  return encoders.get(name, kind)
+    raise ConfigError(f"no extractor for modality {modality!r}: set data.extractors.{modality}")
+  return extractors.get(name, kind)
 
 
-def check_encoders(options: Options, raw: Mapping[str, str], dataset: str, note: str = "") -> None:
-  """ConfigError when `data.encoders` names a modality the dataset has no raw items for."""
-  for modality in options.encoders:
+def check_extractors(
+  options: Options, raw: Mapping[str, str], dataset: str, note: str = ""
+) -> None:
+  """ConfigError when `data.extractors` names a modality the dataset has no raw items for."""
+  for modality in options.extractors:
     if modality not in raw:
       has = f"raw {', '.join(raw)} only" if raw else "no raw items"
-      raise ConfigError(f"data.encoders.{modality}: dataset {dataset!r} has {has}{note}")
+      raise ConfigError(f"data.extractors.{modality}: dataset {dataset!r} has {has}{note}")
 
 
 def fingerprint(options: Options, raw: Mapping[str, str], defaults: Mapping[str, str]) -> dict:
-  """The part of a prepared dataset's cache key that the encoders make: each raw modality's
-  encoder and its weights' fingerprint, and the bad-input policy."""
-  key: dict[str, Any] = {"bad_input": options.bad_input, "encoded": ENCODED_VERSION}
+  """The part of a prepared dataset's cache key that the extractors make: each raw modality's
+  extractor and its weights' fingerprint, and the bad-input policy."""
+  key: dict[str, Any] = {"bad_input": options.bad_input, "extracted": EXTRACTED_VERSION}
   for modality, kind in raw.items():
-    encoder = encoder_for(modality, kind, options, defaults)
-    key[modality] = [encoder.name, encoder.load().fingerprint]
+    extractor = extractor_for(modality, kind, options, defaults)
+    key[modality] = [extractor.name, extractor.load().fingerprint]
   return key
 
 
@@ -174,8 +176,8 @@ def _reader(kind: str, items: Sequence[Path | str], notes: dict[int, str]):
     if kind == "text":
       return read_text(item)
     if not isinstance(item, Path):
-      raise encoders.BadInput(f"{item!r}: an image must be a file path")
-    image, note = encoders.images.open_rgb(item)
+      raise extractors.BadInput(f"{item!r}: an image must be a file path")
+    image, note = extractors.images.open_rgb(item)
     if note:
       notes[row] = note
     return image
@@ -183,19 +185,19 @@ def _reader(kind: str, items: Sequence[Path | str], notes: dict[int, str]):
   return read
 
 
-def encode_items(
-  encoder_name: str, items: Sequence[Path | str], *, batch_size: int = 32, progress: bool = False
+def extract_items(
+  extractor_name: str, items: Sequence[Path | str], *, batch_size: int = 32, progress: bool = False
 ) -> np.ndarray:
   """float32 [N, dim] features of raw items (image files, or texts / text files) by the named
-  encoder; DataError naming the first item that cannot be read."""
-  encoder = encoders.get(encoder_name)
-  items = [Path(item) if encoder.kind == "image" else item for item in items]
-  features, failures, _ = encoders.embed(
-    encoder.load(),
+  extractor; DataError naming the first item that cannot be read."""
+  extractor = extractors.get(extractor_name)
+  items = [Path(item) if extractor.kind == "image" else item for item in items]
+  features, failures, _ = extractors.extract(
+    extractor.load(),
     list(range(len(items))),
-    _reader(encoder.kind, items, {}),
+    _reader(extractor.kind, items, {}),
     batch_size=batch_size,
-    desc=encoder.name,
+    desc=extractor.name,
     progress=progress,
   )
   if failures:
@@ -204,8 +206,10 @@ def encode_items(
   return features
 
 
-def _items_key(encoder: encoders.Encoder, fingerprint: str, items: Sequence[Path | str]) -> str:
-  digest = hashlib.sha256(f"{ENCODED_VERSION}|{encoder.name}|{fingerprint}".encode())
+def _items_key(
+  extractor: extractors.Extractor, fingerprint: str, items: Sequence[Path | str]
+) -> str:
+  digest = hashlib.sha256(f"{EXTRACTED_VERSION}|{extractor.name}|{fingerprint}".encode())
   for item in items:
     if isinstance(item, Path):
       try:
@@ -218,8 +222,8 @@ def _items_key(encoder: encoders.Encoder, fingerprint: str, items: Sequence[Path
   return digest.hexdigest()[:24]
 
 
-def _encoded(
-  encoder: encoders.Encoder,
+def _extracted(
+  extractor: extractors.Extractor,
   items: Sequence[Path | str],
   options: Options,
   desc: str,
@@ -227,19 +231,21 @@ def _encoded(
   pairs: Sequence[Pair],
 ) -> tuple[np.ndarray, dict[int, str], dict[int, str], tuple[int, int]]:
   """(features with NaN rows, {row: failure}, {row: conversion note}, (tokens unknown to the
-  encoder, tokens)) of `items`, from the cache when these items were encoded by this encoder
+  extractor, tokens)) of `items`, from the cache when these items were extracted by this extractor
   before."""
-  model = encoder.load()
+  model = extractor.load()
   path = None
   if cache_dir is not None:
-    path = cache_dir / f"{encoder.name}-{_items_key(encoder, model.fingerprint, items)}.npz"
+    path = cache_dir / f"{extractor.name}-{_items_key(extractor, model.fingerprint, items)}.npz"
     if path.is_file():
       with np.load(path, allow_pickle=False) as f:
         failures = dict(zip(f["failed_rows"].tolist(), f["failed"].tolist(), strict=True))
         notes = dict(zip(f["noted_rows"].tolist(), f["noted"].tolist(), strict=True))
-        print(f"{desc}: {len(items):,} items encoded by {encoder.name} earlier", file=sys.stderr)
+        print(
+          f"{desc}: {len(items):,} items extracted by {extractor.name} earlier", file=sys.stderr
+        )
         return f["features"], failures, notes, tuple(f["unknown_tokens"].tolist())
-  kind = encoder.kind
+  kind = extractor.kind
   notes: dict[int, str] = {}
   if options.bad_input == "stop":
     # Read every item before encoding any, so that the first unreadable one stops at once.
@@ -247,18 +253,18 @@ def _encoded(
     for row in range(len(items)):
       try:
         read(row)
-      except encoders.BadInput as exc:
+      except extractors.BadInput as exc:
         raise DataError(
           f"{exc} (pair {pairs[row].id!r}, listed at {pairs[row].where}); "
           "set data.bad_input=skip to skip such pairs"
         ) from exc
-  print(f"{desc}: encoding {len(items):,} items with {encoder.name}", file=sys.stderr)
-  array, failures, unknown = encoders.embed(
+  print(f"{desc}: encoding {len(items):,} items with {extractor.name}", file=sys.stderr)
+  array, failures, unknown = extractors.extract(
     model,
     list(range(len(items))),
     _reader(kind, items, notes),
     batch_size=options.batch_size,
-    desc=f"{desc} ({encoder.name})",
+    desc=f"{desc} ({extractor.name})",
   )
   if path is not None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,7 +281,7 @@ def _encoded(
   return array, failures, notes, unknown
 
 
-def encode(
+def extract(
   pairs: Sequence[Pair],
   raw: Mapping[str, str],
   options: Options,
@@ -287,11 +293,11 @@ def encode(
 
   Args:
     pairs: the listed pairs, ids unique (see `duplicates`).
-    raw: modality -> kind ("image" or "text") of each modality encoded here.
-    options: the encoders and the bad-input policy.
-    defaults: modality -> the dataset's default encoder name.
+    raw: modality -> kind ("image" or "text") of each modality extracted here.
+    options: the extractors and the bad-input policy.
+    defaults: modality -> the dataset's default extractor name.
     dataset: the dataset's name, for messages.
-    cache_dir: where each modality's encoded items are kept, keyed by the encoder (with its
+    cache_dir: where each modality's extracted items are kept, keyed by the extractor (with its
       weights) and the items (files by path, size and modification time; texts by content);
       None: no such cache.
 
@@ -306,12 +312,12 @@ def encode(
   features: dict[str, np.ndarray] = {}
   bad = np.zeros(len(pairs), dtype=bool)
   for modality, kind in raw.items():
-    encoder = encoder_for(modality, kind, options, defaults)
+    extractor = extractor_for(modality, kind, options, defaults)
     items = [pair.items[modality] for pair in pairs]
-    array, failures, notes, unknown = _encoded(
-      encoder, items, options, f"{dataset} {modality}", cache_dir, pairs
+    array, failures, notes, unknown = _extracted(
+      extractor, items, options, f"{dataset} {modality}", cache_dir, pairs
     )
-    covered = unknown_tokens_problem(encoder, modality, *unknown)
+    covered = unknown_tokens_problem(extractor, modality, *unknown)
     if covered is not None:
       print(f"{dataset}: {covered.reason}", file=sys.stderr)
       problems.append(covered)
@@ -341,19 +347,19 @@ def encode(
 
 
 def unknown_tokens_problem(
-  encoder: encoders.Encoder, modality: str, unknown: int, tokens: int
+  extractor: extractors.Extractor, modality: str, unknown: int, tokens: int
 ) -> Problem | None:
   """A warning (a `Problem` of the whole modality) when UNKNOWN_WARNING or more of the tokens
-  of a modality's texts are unknown to its encoder's vocabulary, naming the encoders to try."""
+  of a modality's texts are unknown to its extractor's vocabulary, naming the extractors to try."""
   if not tokens or unknown / tokens < UNKNOWN_WARNING:
     return None
-  others = [name for name in encoders.names(encoder.kind) if name != encoder.name]
-  instead = f"; try data.encoders.{modality}={others[0]}" if others else ""
+  others = [name for name in extractors.names(extractor.kind) if name != extractor.name]
+  instead = f"; try data.extractors.{modality}={others[0]}" if others else ""
   if len(others) > 1:
     instead += f" (or {', '.join(others[1:])})"
   reason = (
     f"{unknown / tokens:.0%} of the {tokens:,} tokens of the {modality!r} texts are unknown to "
-    f"{encoder.name}'s vocabulary, which does not cover their language{instead}"
+    f"{extractor.name}'s vocabulary, which does not cover their language{instead}"
   )
   return Problem("-", "-", modality, "-", reason, "warned")
 

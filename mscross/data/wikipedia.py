@@ -40,8 +40,8 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
   trainset_txt_img_cat.list and testset_txt_img_cat.list (`<text id>\t<image id>\t<class 1-10>`
   per line, rows aligned with the features) and categories.list (the class names).
 
-  With `data.encoders.text=<encoder>` (e.g. minilm, wordllama) the text features are that
-  encoder's, of the raw article sections in texts/<text id>.xml (the image features stay SIFT:
+  With `data.extractors.text=<extractor>` (e.g. minilm, wordllama) the text features are that
+  extractor's, of the raw article sections in texts/<text id>.xml (the image features stay SIFT:
   the release's images are not available); a pair whose text cannot be read is skipped.
 
   Official test split (693 pairs) is `test`; `validation` is a seeded (seed 0),
@@ -114,7 +114,7 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
         {"image": image, "text": text}, label, np.asarray(ids, dtype=str), class_names
       )
 
-    if "text" in self.encoded_modalities(self._options):
+    if "text" in self.extracted_modalities(self._options):
       where = {
         split: [f"{path}:{n}" for n in lines[split]]
         for split, path in (("train", train_path), ("test", test_path))
@@ -128,17 +128,17 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
   def _encode_texts(
     self, official: dict[str, base.Split], where: dict[str, list[str]]
   ) -> dict[str, base.Split]:
-    """The splits with their text features replaced by the text encoder's, of texts/; `where`
+    """The splits with their text features replaced by the text extractor's, of texts/; `where`
     gives each row's "<list file>:<line>"."""
     texts = self._source_dir / TEXTS_DIR
     if not texts.is_dir():
-      raise DataError(f"{texts}: no such folder; data.encoders.text needs the raw article texts")
+      raise DataError(f"{texts}: no such folder; data.extractors.text needs the raw article texts")
     pairs = [
       raw.Pair(split, pair_id, (), {"text": texts / f"{pair_id.split('/')[0]}.xml"}, line)
       for split, data in official.items()
       for pair_id, line in zip(data.ids, where[split], strict=True)
     ]
-    kept, features = self.encode_raw(pairs)
+    kept, features = self.extract_raw(pairs)
     out = {}
     for split, data in official.items():
       row_of = {pair_id: row for row, pair_id in enumerate(data.ids)}

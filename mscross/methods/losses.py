@@ -6,8 +6,8 @@ item. Cross-modal terms run over the ordered modality pairs (k, l), k != l, or o
 pairs, as each docstring says. With K = 2 and `z = stack([img, txt])` every loss is its
 two-modality definition (for MS2GAN with `normalize=False`; its default normalises the features).
 
-Every function is pure, jit-able and vmap-able. Structural options (which negatives, how many,
-which mining) are static Python values: pass them with `functools.partial` or `static_argnames`
+Every function is pure, jit-able and vmap-able. Structural options (which negatives, how many)
+are static Python values: pass them with `functools.partial` or `static_argnames`
 under `jax.jit`. Numeric options (margins, temperatures, weights) may be traced scalars: nothing
 branches on their value, except where a literal Python 0 skips a term, as documented. All-pairs
 work is done on one (K*B) x (K*B) similarity/distance matrix, viewed as [K*B, K, B] blocks
@@ -18,7 +18,11 @@ Conventions shared by all functions:
 
 - Labels are multi-hot float arrays [B, C]. Two items are *relevant* (positives) when they share
   at least one label and *negatives* when they share none (`labels_a @ labels_b.T == 0`).
-- In the negative-mining losses (ACMR, MNS-GAN, MS2GAN) an item is never its own negative, nor a
+- The negative-mining losses (ACMR, MNS-GAN, MS2GAN) choose their negatives with one option,
+  `negatives`, in one vocabulary: "all" valid negatives, the "hardest" (closest) ones,
+  "per_class" (the hardest of each class) or one "random" valid negative; each loss takes the
+  choices its method defines.
+- In the negative-mining losses an item is never its own negative, nor a
   negative of its paired items in the other modalities. This only matters for unlabelled
   (all-zero) rows, which are disjoint from everything, themselves included.
 - Norms are safe: a zero vector has norm 0 with a zero gradient. Normalisation floors the norm at
@@ -345,7 +349,7 @@ def acmr_triplet_loss(
   *,
   margin: chex.Numeric = 0.5,
   rng: chex.PRNGKey | None = None,
-  negative: str = "random",
+  negatives: str = "random",
 ) -> chex.Array:
   """ACMR inter-modal invariance triplet loss L_imi, over every ordered pair of modalities.
 
@@ -362,10 +366,10 @@ def acmr_triplet_loss(
     z: stacked embeddings [K, B, D] of K >= 2 modalities; row i of each is the same item.
     labels: multi-hot labels [B, C] of the items.
     margin: triplet margin mu (may be traced).
-    rng: PRNG key; required for `negative="random"`. Each cell draws independently: one Gumbel
+    rng: PRNG key; required for `negatives="random"`. Each cell draws independently: one Gumbel
       array [K*(K-1), B, B] over the ordered pairs (k, l) in lexicographic order, so for K = 2
       index 0 serves the image->text anchors and 1 the text->image ones.
-    negative: "random" picks one valid negative uniformly (Gumbel-max over the masked block);
+    negatives: "random" picks one valid negative uniformly (Gumbel-max over the masked block);
       "hardest" picks the closest valid negative.
 
   Returns:
@@ -376,17 +380,17 @@ def acmr_triplet_loss(
   """
   z = jnp.asarray(z)
   _check_stack([z], labels)
-  if negative not in _ACMR_NEGATIVES:
-    raise ConfigError(f"negative must be one of {_ACMR_NEGATIVES}, got {negative!r}")
-  if negative == "random" and rng is None:
-    raise ValueError("acmr_triplet_loss with negative='random' needs an rng key")
+  if negatives not in _ACMR_NEGATIVES:
+    raise ConfigError(f"negatives must be one of {_ACMR_NEGATIVES}, got {negatives!r}")
+  if negatives == "random" and rng is None:
+    raise ValueError("acmr_triplet_loss with negatives='random' needs an rng key")
 
   num_modalities, batch = z.shape[:2]
   anchor_mod, target_mod = _ordered_pairs(num_modalities)
   # Symmetric and the same for every pair: [i, j] = anchor item i vs item j of the other modality.
   neg_mask = ~_share_label(labels, labels) & ~jnp.eye(batch, dtype=bool)
 
-  if negative == "random":
+  if negatives == "random":
     picks = _random_negative_indices(rng, neg_mask, len(anchor_mod))
   else:
     flat = z.reshape(num_modalities * batch, -1)
@@ -611,7 +615,7 @@ def _select_negatives(
 # MS2GAN
 # ----------------------------------------------------------------------------------------------
 
-_MS2GAN_MINING = ("all", "hardest")
+_MS2GAN_NEGATIVES = ("all", "hardest")
 
 
 def ms2gan_similarity_loss(
@@ -620,7 +624,7 @@ def ms2gan_similarity_loss(
   labels: chex.Array,
   *,
   margin: chex.Numeric = 0.5,
-  mining: str = "all",
+  negatives: str = "all",
   normalize: bool = True,
 ) -> chex.Array:
   """MS2GAN inter- and intra-modal similarity loss L_sim (triplet on specific + shared features).
@@ -637,8 +641,8 @@ def ms2gan_similarity_loss(
   width; the default 0.5 is 1/16 of the range. `normalize=False` keeps the unnormalised distance
   `||f_u - f_v||^2 + ||s_u - s_v||^2` of the paper (for which m1 = 1 was the starting point).
 
-  mining="all" (batch-all, the default): every valid triplet, averaged over all valid triplets of
-  all pair types and anchors; O(K^2 B^3) memory. mining="hardest" (batch-hard): per anchor and
+  negatives="all" (batch-all, the default): every valid triplet, averaged over all valid triplets
+  of all pair types and anchors; O(K^2 B^3) memory. negatives="hardest" (batch-hard): per anchor and
   pair type the farthest positive and the closest negative, averaged over the (anchor, pair type)
   cells that have both; O(K^2 B^2) memory.
 
@@ -648,7 +652,7 @@ def ms2gan_similarity_loss(
     shared: shared features s [K, B, Ds] of the same items.
     labels: multi-hot labels [B, C] of the items.
     margin: triplet margin m1 (may be traced).
-    mining: "all" | "hardest".
+    negatives: "all" | "hardest".
     normalize: l2-normalise the f and s rows before the distance (True) or not (False).
 
   Returns:
@@ -660,8 +664,8 @@ def ms2gan_similarity_loss(
   """
   spec, shared = jnp.asarray(spec), jnp.asarray(shared)
   _check_stack([spec, shared], labels)
-  if mining not in _MS2GAN_MINING:
-    raise ConfigError(f"mining must be one of {_MS2GAN_MINING}, got {mining!r}")
+  if negatives not in _MS2GAN_NEGATIVES:
+    raise ConfigError(f"negatives must be one of {_MS2GAN_NEGATIVES}, got {negatives!r}")
 
   num_modalities, batch = spec.shape[:2]
   n = num_modalities * batch
@@ -681,7 +685,7 @@ def ms2gan_similarity_loss(
 
   dist, pos, neg = by_target(dist), by_target(pos), by_target(neg)
 
-  if mining == "hardest":
+  if negatives == "hardest":
     hardest_pos = jnp.max(jnp.where(pos, dist, -jnp.inf), axis=-1)
     hardest_neg = jnp.min(jnp.where(neg, dist, jnp.inf), axis=-1)
     valid = jnp.any(pos, axis=-1) & jnp.any(neg, axis=-1)

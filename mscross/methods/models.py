@@ -185,7 +185,7 @@ class Architecture:
 
   encoder_layers: tuple[int, ...]  # hidden widths of every modality's encoder...
   encoders: tuple[tuple[str, tuple[int, ...]], ...]  # ...unless overridden here, per modality
-  width: int  # the width every encoder ends in
+  encoder_width: int  # the width every encoder ends in
   shared_layers: tuple[int, ...]
   activation: str
   activate_final: bool
@@ -201,7 +201,7 @@ class Architecture:
     return cls(
       encoder_layers=tuple(int(w) for w in m.encoder_layers),
       encoders=tuple((name, tuple(int(w) for w in ws)) for name, ws in m.encoders.items()),
-      width=int(m.width),
+      encoder_width=int(m.encoder_width),
       shared_layers=tuple(int(w) for w in m.shared_layers),
       activation=m.activation,
       activate_final=bool(m.activate_final),
@@ -213,9 +213,9 @@ class Architecture:
     )
 
   def encoder_widths(self, modality: str) -> tuple[int, ...]:
-    """The full widths of `modality`'s encoder: its hidden layers, then `width`."""
+    """The full widths of `modality`'s encoder: its hidden layers, then `encoder_width`."""
     hidden = dict(self.encoders).get(modality, self.encoder_layers)
-    return (*hidden, self.width)
+    return (*hidden, self.encoder_width)
 
 
 def build_models(arch: Architecture, spec: DataSpec) -> tuple[CrossModalNet, ModalityDiscriminator]:

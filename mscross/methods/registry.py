@@ -215,8 +215,8 @@ class Method:
   adversarial: bool
   configure: Callable  # (config) -> None: network shape and loss terms
   own_space: tuple[Param, ...]
-  width: Callable  # (config, embedding width) -> None
-  hidden: Callable  # (config, hidden width) -> None
+  set_embedding_width: Callable  # (config, width of the common embedding) -> None
+  set_hidden_width: Callable  # (config, width of the hidden layers) -> None
 
   @property
   def search_space(self) -> tuple[Param, ...]:
@@ -224,8 +224,8 @@ class Method:
       Param("optim.lr", 3e-5, 1e-2, log=True),
       # The same widths for every method. They stop short of DSCMR's published 2048/1024
       # network: on the benchmark's small datasets such widths cost hours of CPU per sweep.
-      Param("width", choices=(32, 64, 128, 256, 512), apply=self.width),
-      Param("hidden", choices=(128, 256, 512, 1024), apply=self.hidden),
+      Param("embedding_width", choices=(32, 64, 128, 256, 512), apply=self.set_embedding_width),
+      Param("hidden_width", choices=(128, 256, 512, 1024), apply=self.set_hidden_width),
       Param("loss.reg.weight", 1e-7, 1e-2, log=True),
       Param("train.batch_size", choices=(32, 64, 128)),
     ]
@@ -243,19 +243,19 @@ class Method:
 
 def _acmr(c):
   c.model.encoder_layers = (512,)
-  c.model.width = 64
+  c.model.encoder_width = 64
   c.loss = dict(label=dict(weight=1.0), acmr_triplet=dict(weight=1.0), reg=dict(weight=1e-4))
 
 
 def _mnsgan(c):
   c.model.encoder_layers = (512,)
-  c.model.width = 64
+  c.model.encoder_width = 64
   c.loss = dict(label=dict(weight=1.0), multi_negative=dict(weight=1.0), reg=dict(weight=1e-4))
 
 
 def _ms2gan(c):
   c.model.encoder_layers = (512,)
-  c.model.width = 128
+  c.model.encoder_width = 128
   c.model.shared_layers = (128, 128)
   c.model.classifier_input = "concat"
   c.model.retrieval = "joint"
@@ -272,7 +272,7 @@ def _ms2gan(c):
 def _dscmr(c):
   # Linear(d, 2048) + ReLU per modality, then ONE shared Linear(2048, 1024), then the classifier.
   c.model.encoder_layers = ()
-  c.model.width = 2048
+  c.model.encoder_width = 2048
   c.model.shared_layers = (1024,)
   c.model.activation = "relu"
   c.model.shared_activate_final = False
@@ -299,7 +299,7 @@ def _setter(*targets: tuple[str, int]) -> Callable:
 
 # MS2GAN's specific and shared features have the same width, so the difference loss compares like
 # with like; DSCMR's encoders are one layer, whose output feeds the shared projection.
-_WIDTH, _HIDDEN = _setter(("model.width", 0)), _setter(("model.encoder_layers", 1))
+_WIDTH, _HIDDEN = _setter(("model.encoder_width", 0)), _setter(("model.encoder_layers", 1))
 
 METHODS: dict[str, Method] = {
   m.name: m
@@ -342,7 +342,7 @@ METHODS: dict[str, Method] = {
         Param("loss.ms2gan_difference.margin", 0.1, 2.0),
         Param("model.mu", 0.0, 2.0),
       ),
-      _setter(("model.width", 0), ("model.shared_layers", 2)),
+      _setter(("model.encoder_width", 0), ("model.shared_layers", 2)),
       _HIDDEN,
     ),
     Method(
@@ -371,10 +371,19 @@ def names() -> list[str]:
   return list(METHODS)
 
 
+# Search-space names renamed since earlier versions (stored presets, studies), old -> new.
+RENAMED_PARAMS = {"width": "embedding_width", "hidden": "hidden_width"}
+
+
 def apply_params(config, method: str, values: dict, space: Sequence[Param] | None = None) -> None:
   """Sets the sampled `values` ({param name: value}) of `method`'s search space on `config`."""
   space = {p.name: p for p in (space or get(method).search_space)}
   for name, value in values.items():
+    if name in RENAMED_PARAMS:
+      raise ConfigError(
+        f"search value {name!r} is now {RENAMED_PARAMS[name]!r}: rename it (it was written by an "
+        "earlier mscross)"
+      )
     if name not in space:
       raise ConfigError(f"{name!r} is not in the search space of {method}")
     space[name].set(config, value)

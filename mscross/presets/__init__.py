@@ -28,27 +28,27 @@ def _builder(dataset: str):
     raise ConfigError(str(e)) from None
 
 
-def variant_encoders(dataset: str, encoders: dict[str, str] | None) -> dict[str, str]:
-  """`encoders` ({raw modality: encoder name}) checked against the dataset's raw modalities,
+def variant_extractors(dataset: str, extractors: dict[str, str] | None) -> dict[str, str]:
+  """`extractors` ({raw modality: extractor name}) checked against the dataset's raw modalities,
   less those equal to its builder's defaults: the part of the dataset variant that names it."""
   builder = _builder(data.canonical_name(dataset))
   out = {}
-  for modality, name in (encoders or {}).items():
+  for modality, name in (extractors or {}).items():
     if modality not in builder.RAW_MODALITIES:
       raw = ", ".join(builder.RAW_MODALITIES) or "none"
       raise ConfigError(
         f"{modality}={name}: {builder.NAME} has no raw modality {modality!r} to encode (its raw "
         f"modalities: {raw})"
       )
-    if name != builder.DEFAULT_ENCODERS.get(modality, ""):
+    if name != builder.DEFAULT_EXTRACTORS.get(modality, ""):
       out[modality] = name
   return out
 
 
-def tuned(method: str, dataset: str, encoders: dict[str, str] | None = None):
+def tuned(method: str, dataset: str, extractors: dict[str, str] | None = None):
   """The stored tuned preset (`store.Tuned`) of `method` on this dataset variant, or None."""
   dataset = data.canonical_name(dataset)
-  return store.read(method, dataset, variant_encoders(dataset, encoders))
+  return store.read(method, dataset, variant_extractors(dataset, extractors))
 
 
 def build(
@@ -56,28 +56,28 @@ def build(
   dataset: str,
   *,
   labels: bool = True,
-  encoders: dict[str, str] | None = None,
+  extractors: dict[str, str] | None = None,
   use_tuned: bool = True,
 ):
   """The config of `method` (a name of `mscross.methods.names()`) on `dataset` (a dataset name
-  of `mscross.data.available_datasets()`, or a short name such as "mfeat"). `encoders`
-  ({modality: encoder name}) picks encoders for the dataset's raw modalities, e.g.
+  of `mscross.data.available_datasets()`, or a short name such as "mfeat"). `extractors`
+  ({modality: extractor name}) picks extractors for the dataset's raw modalities, e.g.
   {"text": "wordllama"} on wikipedia. `labels=False` trains and scores instance-level
   retrieval: the class labels are dropped and the label-prediction terms switched off.
   `use_tuned=False` leaves out the stored tuned values (the benchmark's studies start there)."""
   spec = methods.get(method)
   dataset = data.canonical_name(dataset)
   builder = _builder(dataset)
-  chosen = variant_encoders(dataset, encoders)
+  chosen = variant_extractors(dataset, extractors)
   c = base_config()
   c.method = method
   c.data.name = dataset
   for key, value in builder.PRESET.items():
     dotted.set_(c, key, value)
-  # Listed with the dataset's default (empty: its own features), so that the encoders show in
-  # the written config and `--config.data.encoders.<modality>=...` has a key to override.
-  c.data.encoders = {
-    m: chosen.get(m, builder.DEFAULT_ENCODERS.get(m, "")) for m in builder.RAW_MODALITIES
+  # Listed with the dataset's default (empty: its own features), so that the extractors show in
+  # the written config and `--config.data.extractors.<modality>=...` has a key to override.
+  c.data.extractors = {
+    m: chosen.get(m, builder.DEFAULT_EXTRACTORS.get(m, "")) for m in builder.RAW_MODALITIES
   }
   spec.configure(c)
   c.adv.enabled = spec.adversarial

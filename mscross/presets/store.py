@@ -1,7 +1,7 @@
 """Tuned presets stored as data: one JSON file per (method, dataset variant) under `tuned/`, or
 under `$MSCROSS_TUNED_DIR` when it is set (`root_dir`).
 
-A dataset variant is the dataset's name plus the encoders that differ from its builder's
+A dataset variant is the dataset's name plus the extractors that differ from its builder's
 defaults, so `wikipedia` (its LDA text features) and `wikipedia` with WordLlama text
 (`wikipedia.text-wordllama`) are tuned and stored apart. A file holds:
 
@@ -39,7 +39,7 @@ def root_dir() -> str:
 class Tuned:
   method: str
   dataset: str
-  encoders: dict[str, str]
+  extractors: dict[str, str]
   params: dict
   settings: dict
   tuning: dict
@@ -48,22 +48,22 @@ class Tuned:
     return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
 
 
-def variant(dataset: str, encoders: dict[str, str] | None = None) -> str:
+def variant(dataset: str, extractors: dict[str, str] | None = None) -> str:
   """The folder name of a dataset variant: `uci_mfeat/fou_pix` -> `uci_mfeat-fou_pix`, with
-  `.<modality>-<encoder>` for each encoder other than the builder's default, sorted."""
+  `.<modality>-<extractor>` for each extractor other than the builder's default, sorted."""
   name = dataset.replace("/", "-")
-  for modality, encoder in sorted((encoders or {}).items()):
-    name += f".{modality}-{encoder or 'none'}"
+  for modality, extractor in sorted((extractors or {}).items()):
+    name += f".{modality}-{extractor or 'none'}"
   return name
 
 
-def path(method: str, dataset: str, encoders: dict[str, str] | None = None, root=None) -> str:
-  return os.path.join(root or root_dir(), variant(dataset, encoders), f"{method}.json")
+def path(method: str, dataset: str, extractors: dict[str, str] | None = None, root=None) -> str:
+  return os.path.join(root or root_dir(), variant(dataset, extractors), f"{method}.json")
 
 
-def read(method: str, dataset: str, encoders=None, *, root=None) -> Tuned | None:
+def read(method: str, dataset: str, extractors=None, *, root=None) -> Tuned | None:
   """The stored preset of (method, dataset variant), or None when none was tuned."""
-  file = path(method, dataset, encoders, root)
+  file = path(method, dataset, extractors, root)
   if not os.path.exists(file):
     return None
   try:
@@ -72,16 +72,18 @@ def read(method: str, dataset: str, encoders=None, *, root=None) -> Tuned | None
     tuned = Tuned(**raw)
   except (OSError, ValueError, TypeError) as e:
     raise ConfigError(f"{file}: not a tuned preset ({e})") from None
-  if (tuned.method, tuned.dataset) != (method, dataset) or tuned.encoders != dict(encoders or {}):
+  if (tuned.method, tuned.dataset) != (method, dataset) or tuned.extractors != dict(
+    extractors or {}
+  ):
     raise ConfigError(
-      f"{file} holds the preset of {tuned.method} on {tuned.dataset} {tuned.encoders}, "
-      f"not of {method} on {dataset} {dict(encoders or {})}"
+      f"{file} holds the preset of {tuned.method} on {tuned.dataset} {tuned.extractors}, "
+      f"not of {method} on {dataset} {dict(extractors or {})}"
     )
   return tuned
 
 
 def write(tuned: Tuned, *, root=None) -> str:
-  file = path(tuned.method, tuned.dataset, tuned.encoders, root)
+  file = path(tuned.method, tuned.dataset, tuned.extractors, root)
   os.makedirs(os.path.dirname(file), exist_ok=True)
   atomic.write_text(file, tuned.to_json())
   return file

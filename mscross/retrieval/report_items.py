@@ -83,7 +83,7 @@ def _write_thumb(source: Path, target: Path) -> None:
   """A JPEG of `source` whose longest side is at most THUMB_PX; BadInput if unreadable."""
   from PIL import Image
 
-  from mscross.encoders import images
+  from mscross.extractors import images
 
   image, _ = images.open_rgb(source)
   image.thumbnail((THUMB_PX, THUMB_PX), Image.Resampling.LANCZOS)
@@ -106,7 +106,7 @@ class _Items:
 
   def _read(self, pair_id: str, modality: str) -> dict:
     from mscross.data import raw
-    from mscross.encoders import BadInput
+    from mscross.extractors import BadInput
 
     item = self.raw.get(pair_id, {}).get(modality)
     if item is None:

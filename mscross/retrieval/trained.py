@@ -117,17 +117,17 @@ class TrainedModel:
 
   def features_of(self, modality: str, items) -> np.ndarray:
     """Features [N, d] of raw items of `modality` (image files; texts, or text files as
-    `Path`s) by the pretrained encoder the model was trained on (`data.encoders.<modality>`);
+    `Path`s) by the pretrained extractor the model was trained on (`data.extractors.<modality>`);
     DataError naming the first unreadable item, ConfigError when the modality was not made
     from raw items."""
-    encoder = dict(self.config.data.get("encoders", {})).get(modality)
-    if not encoder:
+    extractor = dict(self.config.data.get("extractors", {})).get(modality)
+    if not extractor:
       raise ConfigError(
         f"modality {modality!r} of this model was not made from raw items (no "
-        f"data.encoders.{modality}); pass feature vectors to encode() instead"
+        f"data.extractors.{modality}); pass feature vectors to encode() instead"
       )
-    return data.raw.encode_items(
-      encoder, list(items), batch_size=int(self.config.data.encode_batch)
+    return data.raw.extract_items(
+      extractor, list(items), batch_size=int(self.config.data.extract_batch)
     )
 
   def encode_items(self, modality: str, items) -> np.ndarray:

@@ -156,7 +156,7 @@ class DataSource:
       data_dir=data.resolve_data_dir(d.data_dir or None),
       labels=bool(d.labels),
       options=data.Options(
-        encoders=dict(d.encoders), bad_input=d.bad_input, batch_size=int(d.encode_batch)
+        extractors=dict(d.extractors), bad_input=d.bad_input, batch_size=int(d.extract_batch)
       ),
       standardize=bool(d.standardize),
       power=float(d.power),

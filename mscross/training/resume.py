@@ -24,7 +24,7 @@ SAFE_TO_CHANGE = (
   "train.keep_checkpoints",
   "train.max_nonfinite",
   "data.data_dir",
-  "data.encode_batch",
+  "data.extract_batch",
   "parallel.num_devices",
   "parallel.feed",
   "parallel.host_steps",

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_ENCODERS, write_archive
+from conftest import TINY_EXTRACTORS, write_archive
 
 from mscross import data
 from mscross.data import export
@@ -19,7 +19,7 @@ def _fresh_cache(tmp_path, monkeypatch):
 def test_written_arrays_read_back_as_the_features_dataset(tmp_path):
   folder = write_archive(tmp_path / "arch")
   (folder / "texts" / "txt3.txt").write_text("")
-  options = data.Options(encoders=TINY_ENCODERS)
+  options = data.Options(extractors=TINY_EXTRACTORS)
   splits = {s: data.load_split("archive", s, folder, options) for s in data.SPLITS}
   problems = data.load_problems("archive", folder, options)
   out = tmp_path / "arrays"

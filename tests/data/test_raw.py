@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 from conftest import (
-  ENCODE_CALLS,
-  TINY_ENCODERS,
+  EXTRACT_CALLS,
+  TINY_EXTRACTORS,
   TINY_IMAGE_DIM,
   TINY_TEXT_DIM,
   write_archive,
@@ -17,10 +17,10 @@ from conftest import (
 )
 
 from mscross import data
-from mscross.encoders import images
 from mscross.errors import ConfigError, DataError
+from mscross.extractors import images
 
-TINY = data.Options(encoders=TINY_ENCODERS)
+TINY = data.Options(extractors=TINY_EXTRACTORS)
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def test_archive_splits_features_and_labels(tmp_path):
   assert train.features["text"].shape == (18, TINY_TEXT_DIM)
   assert train.class_names == ("cats", "dogs")
   assert set(splits["test"].ids) == {f"txt{n}/img{n}" for n in range(21, 29)}
-  # The text features are the tiny encoder's letter histograms of the file's words.
+  # The text features are the tiny extractor's letter histograms of the file's words.
   row = list(splits["test"].ids).index("txt21/img21")
   words = " ".join((folder / "texts" / "txt21.txt").read_text().split())
   expected = np.bincount([ord(ch) % TINY_TEXT_DIM for ch in words], minlength=TINY_TEXT_DIM)
@@ -46,28 +46,28 @@ def test_archive_splits_features_and_labels(tmp_path):
   assert data.load_problems("archive", folder, TINY) == []
 
 
-def test_second_load_reads_the_cache_and_encoders_key_it(tmp_path):
+def test_second_load_reads_the_cache_and_extractors_key_it(tmp_path):
   folder = write_archive(tmp_path / "arch")
   data.load_split("archive", "train", folder, TINY)
-  before = dict(ENCODE_CALLS)
+  before = dict(EXTRACT_CALLS)
   data.load_split("archive", "test", folder, TINY)
-  assert ENCODE_CALLS == before
-  # Another preparation of the same items by the same encoders reuses their encodings.
-  stop = data.Options(encoders=TINY_ENCODERS, bad_input="stop")
+  assert EXTRACT_CALLS == before
+  # Another preparation of the same items by the same extractors reuses their encodings.
+  stop = data.Options(extractors=TINY_EXTRACTORS, bad_input="stop")
   assert len(data.load_split("archive", "train", folder, stop)) == 18
-  assert ENCODE_CALLS == before
-  # A changed file is encoded again (with the rest of its modality), the other modality not.
+  assert EXTRACT_CALLS == before
+  # A changed file is extracted again (with the rest of its modality), the other modality not.
   (folder / "texts" / "txt3.txt").write_text("a new text")
   data.load_split("archive", "train", folder, TINY)
-  assert ENCODE_CALLS["image"] == before["image"] and ENCODE_CALLS["text"] == before["text"] + 28
-  # Another encoder is another preparation.
-  with pytest.raises(ConfigError, match="unknown text encoder 'nope'"):
+  assert EXTRACT_CALLS["image"] == before["image"] and EXTRACT_CALLS["text"] == before["text"] + 28
+  # Another extractor is another preparation.
+  with pytest.raises(ConfigError, match="unknown text extractor 'nope'"):
     data.load_split(
-      "archive", "train", folder, data.Options(encoders={**TINY_ENCODERS, "text": "nope"})
+      "archive", "train", folder, data.Options(extractors={**TINY_EXTRACTORS, "text": "nope"})
     )
-  with pytest.raises(ConfigError, match="unknown image encoder 'tiny_text'"):
+  with pytest.raises(ConfigError, match="unknown image extractor 'tiny_text'"):
     data.load_split(
-      "archive", "train", folder, data.Options(encoders={**TINY_ENCODERS, "image": "tiny_text"})
+      "archive", "train", folder, data.Options(extractors={**TINY_EXTRACTORS, "image": "tiny_text"})
     )
 
 
@@ -126,7 +126,7 @@ def test_bad_items_are_skipped_and_listed_with_their_files(tmp_path, monkeypatch
 def test_stop_on_bad_input_names_the_file(tmp_path):
   folder = write_archive(tmp_path / "arch")
   os.remove(folder / "images" / "dogs" / "img15.jpg")
-  stop = data.Options(encoders=TINY_ENCODERS, bad_input="stop")
+  stop = data.Options(extractors=TINY_EXTRACTORS, bad_input="stop")
   with pytest.raises(DataError, match=r"img15\.jpg: no such image file.*data\.bad_input=skip"):
     data.load_split("archive", "train", folder, stop)
   with pytest.raises(ConfigError, match="data.bad_input='maybe'"):
@@ -172,7 +172,7 @@ def test_a_manifest_without_splits_lists_skipped_pairs_without_a_split(tmp_path)
   assert problems["converted"].id == "4" and [problems["converted"].split] == landed
 
 
-def test_texts_an_encoder_mostly_cannot_read_are_named_once(tmp_path, capsys):
+def test_texts_an_extractor_mostly_cannot_read_are_named_once(tmp_path, capsys):
   folder = tmp_path / "mine"
   rows = ["image,text,label"]
   for n in range(20):
@@ -183,12 +183,12 @@ def test_texts_an_encoder_mostly_cannot_read_are_named_once(tmp_path, capsys):
   warned = [p for p in data.load_problems("manifest", folder, TINY) if p.action == "warned"]
   assert len(warned) == 1 and warned[0].modality == "text"
   assert "tokens of the 'text' texts are unknown to tiny_text's vocabulary" in warned[0].reason
-  assert "try data.encoders.text=minilm" in warned[0].reason
+  assert "try data.extractors.text=minilm" in warned[0].reason
   err = capsys.readouterr().err
   assert err.count("unknown to tiny_text's vocabulary") == 1
   # English texts: nothing to say.
-  assert not data.raw.unknown_tokens_problem(data.raw.encoders.get("minilm"), "text", 1, 100)
-  assert data.raw.unknown_tokens_problem(data.raw.encoders.get("minilm"), "text", 61, 100)
+  assert not data.raw.unknown_tokens_problem(data.raw.extractors.get("minilm"), "text", 1, 100)
+  assert data.raw.unknown_tokens_problem(data.raw.extractors.get("minilm"), "text", 61, 100)
 
 
 @pytest.mark.parametrize(
@@ -206,12 +206,14 @@ def test_malformed_manifest_is_one_line_naming_the_file(tmp_path, content, messa
     data.load_split("manifest", "train", tmp_path, TINY)
 
 
-def test_encoders_only_for_raw_modalities(tmp_path):
+def test_extractors_only_for_raw_modalities(tmp_path):
   # A config error, found before the source is looked for: the folder holds no Wikipedia.
-  with pytest.raises(ConfigError, match="data.encoders.image: dataset 'wikipedia' has raw text"):
-    data.load_split("wikipedia", "train", tmp_path, data.Options(encoders={"image": "tiny_image"}))
+  with pytest.raises(ConfigError, match="data.extractors.image: dataset 'wikipedia' has raw text"):
+    data.load_split(
+      "wikipedia", "train", tmp_path, data.Options(extractors={"image": "tiny_image"})
+    )
   with pytest.raises(ConfigError, match="'digits_halves' has no raw items"):
-    data.load_split("digits_halves", "train", None, data.Options(encoders={"a": "tiny_text"}))
+    data.load_split("digits_halves", "train", None, data.Options(extractors={"a": "tiny_text"}))
 
 
 @pytest.mark.data(

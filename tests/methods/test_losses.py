@@ -61,9 +61,9 @@ def rng_key(seed):
 KEY = rng_key(42)
 
 # Numeric options stay traced, so only the structural ones trigger a compilation.
-acmr = jax.jit(losses.acmr_triplet_loss, static_argnames=("negative",))
+acmr = jax.jit(losses.acmr_triplet_loss, static_argnames=("negatives",))
 mns = jax.jit(losses.multi_negative_loss, static_argnames=("negatives", "k"))
-ms2gan = jax.jit(losses.ms2gan_similarity_loss, static_argnames=("mining", "normalize"))
+ms2gan = jax.jit(losses.ms2gan_similarity_loss, static_argnames=("negatives", "normalize"))
 adversarial = jax.jit(losses.modality_adversarial_loss)
 confusion = jax.jit(losses.modality_confusion_loss)
 label_ce = jax.jit(losses.label_cross_entropy, static_argnames=("multilabel",))
@@ -250,7 +250,7 @@ def ref_infonce(z, tau):
   return float(np.mean(terms))
 
 
-def ref_ms2gan(spec, shared, labels, margin, mining, normalize):
+def ref_ms2gan(spec, shared, labels, margin, negatives, normalize):
   spec, shared, labels = f64(spec, shared, labels)
   num_mod, batch = spec.shape[:2]
   items = [(m, i) for m in range(num_mod) for i in range(batch)]
@@ -267,7 +267,7 @@ def ref_ms2gan(spec, shared, labels, margin, mining, normalize):
       others = [(target, j) for j in range(batch) if (target, j) != a]
       pos = [p for p in others if ref_shares(labels[a[1]], labels[p[1]])]
       neg = [n for n in others if not ref_shares(labels[a[1]], labels[n[1]])]
-      if mining == "all":
+      if negatives == "all":
         terms += [max(0.0, dist(a, p) - dist(a, n) + margin) for p in pos for n in neg]
       elif pos and neg:
         hardest_pos = max(dist(a, p) for p in pos)
@@ -400,7 +400,7 @@ def ref2_multi_negative(img, txt, labels, tau, negatives, k, intra_weight, margi
   return float(np.mean(inter) + intra_weight * np.mean(intra))
 
 
-def ref2_ms2gan(spec_img, shared_img, spec_txt, shared_txt, labels, margin, mining):
+def ref2_ms2gan(spec_img, shared_img, spec_txt, shared_txt, labels, margin, negatives):
   """The unnormalised distance ||f_u - f_v||^2 + ||s_u - s_v||^2."""
   spec_img, shared_img, spec_txt, shared_txt, labels = f64(
     spec_img, shared_img, spec_txt, shared_txt, labels
@@ -419,7 +419,7 @@ def ref2_ms2gan(spec_img, shared_img, spec_txt, shared_txt, labels, margin, mini
       items = [v for v in range(target * batch, (target + 1) * batch) if v != a]
       pos = [p for p in items if ref_shares(zl[a], zl[p])]
       neg = [n for n in items if not ref_shares(zl[a], zl[n])]
-      if mining == "all":
+      if negatives == "all":
         terms += [max(0.0, dist(a, p) - dist(a, n) + margin) for p in pos for n in neg]
       elif pos and neg:
         hardest_pos = max(dist(a, p) for p in pos)
@@ -639,9 +639,9 @@ def test_acmr_known_value():
   # A third modality repeating the images adds image->image cells (d_ap = 0, d_an = |img0 -
   # img1| = 3: 2 each) and a second copy of every image<->text cell: 40 over 12 cells.
   for negative, rng in (("hardest", None), ("random", rng_key(0))):
-    got = acmr(np.stack([img, txt]), labels, margin=5.0, negative=negative, rng=rng)
+    got = acmr(np.stack([img, txt]), labels, margin=5.0, negatives=negative, rng=rng)
     np.testing.assert_allclose(got, 4.0, rtol=1e-6)
-    got = acmr(np.stack([img, txt, img]), labels, margin=5.0, negative=negative, rng=rng)
+    got = acmr(np.stack([img, txt, img]), labels, margin=5.0, negatives=negative, rng=rng)
     np.testing.assert_allclose(got, 40.0 / 12.0, rtol=1e-6)
 
 
@@ -650,7 +650,7 @@ def test_acmr_known_value():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_acmr_hardest_matches_reference(k, multilabel, seed):
   z, labels = make_batch(seed, k, multilabel=multilabel)
-  got = acmr(z, labels, margin=2.0, negative="hardest")
+  got = acmr(z, labels, margin=2.0, negatives="hardest")
   np.testing.assert_allclose(got, ref_acmr(z, labels, 2.0), rtol=RTOL, atol=ATOL)
 
 
@@ -660,7 +660,7 @@ def test_acmr_random_matches_reference_with_the_same_draws(k, multilabel):
   z, labels = make_batch(2, k, multilabel=multilabel)
   for seed in range(2):
     key = rng_key(seed)
-    got = acmr(z, labels, margin=3.0, negative="random", rng=key)
+    got = acmr(z, labels, margin=3.0, negatives="random", rng=key)
     want = ref_acmr(z, labels, 3.0, pick=gumbel_pick(key, k * (k - 1)))
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
@@ -670,10 +670,10 @@ def test_acmr_anchors_without_negative_are_left_out(k):
   z, _ = make_batch(7, k)
   labels = np.eye(C, dtype=np.float32)
   labels[0] = 1.0  # item 0 shares a label with everyone: its cells drop out
-  got = acmr(z, labels, margin=1.0, negative="hardest")
+  got = acmr(z, labels, margin=1.0, negatives="hardest")
   np.testing.assert_allclose(got, ref_acmr(z, labels, 1.0), rtol=RTOL)
   one_class = np.ones((B, C), np.float32)
-  assert float(acmr(z, one_class, margin=1.0, negative="random", rng=KEY)) == 0.0
+  assert float(acmr(z, one_class, margin=1.0, negatives="random", rng=KEY)) == 0.0
 
 
 @pytest.mark.parametrize("k", KS)
@@ -681,7 +681,7 @@ def test_acmr_random_single_valid_negative_matches_reference(k):
   z, labels = one_negative_batch(3, k)
   want = ref_acmr(z, labels, 3.0, pick=lambda cell, i, negs: negs[0])
   for seed in range(3):
-    got = acmr(z, labels, margin=3.0, negative="random", rng=rng_key(seed))
+    got = acmr(z, labels, margin=3.0, negatives="random", rng=rng_key(seed))
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
@@ -736,15 +736,15 @@ def test_acmr_random_is_deterministic_per_key():
 def test_acmr_options_are_validated():
   z, labels = make_batch(0)
   with pytest.raises(ConfigError):
-    losses.acmr_triplet_loss(z, labels, margin=1.0, negative="semi-hard")
+    losses.acmr_triplet_loss(z, labels, margin=1.0, negatives="semi-hard")
   with pytest.raises(ValueError):
     losses.acmr_triplet_loss(z, labels, margin=1.0)
   with pytest.raises(AssertionError):
-    losses.acmr_triplet_loss(z[:, :3], labels, margin=1.0, negative="hardest")
+    losses.acmr_triplet_loss(z[:, :3], labels, margin=1.0, negatives="hardest")
   with pytest.raises(AssertionError):
-    losses.acmr_triplet_loss(z[:1], labels, margin=1.0, negative="hardest")
+    losses.acmr_triplet_loss(z[:1], labels, margin=1.0, negatives="hardest")
   with pytest.raises(AssertionError):
-    losses.acmr_triplet_loss(z[0], labels, margin=1.0, negative="hardest")
+    losses.acmr_triplet_loss(z[0], labels, margin=1.0, negatives="hardest")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -890,42 +890,42 @@ def test_ms2gan_known_value(k):
   # Normalised, item 1 sits at distance 1 from the rest. Anchor 0: negatives item 1 (d = 1) and
   # the four unlabelled items (d = 0): relu(0 - 1 + 2) = 1 and 4 x 2 -> 9 over 5. Anchor 1: every
   # negative at d = 1 -> 5 over 5. Mean (9 + 5) / 10 = 1.4.
-  got = ms2gan(spec, shared, labels, margin=2.0, mining="all", normalize=True)
+  got = ms2gan(spec, shared, labels, margin=2.0, negatives="all", normalize=True)
   np.testing.assert_allclose(got, 1.4, rtol=1e-6)
   # Batch-hard: anchor 0's closest negative is at 0 -> 2; anchor 1's at 1 -> 1; mean 1.5.
-  got = ms2gan(spec, shared, labels, margin=2.0, mining="hardest", normalize=True)
+  got = ms2gan(spec, shared, labels, margin=2.0, negatives="hardest", normalize=True)
   np.testing.assert_allclose(got, 1.5, rtol=1e-6)
   # Unnormalised, item 1 sits at distance 100 and beyond the margin: only anchor 0's four
   # unlabelled negatives count -> 8 over 10 triplets; batch-hard (2 + 0) / 2.
-  got = ms2gan(spec, shared, labels, margin=2.0, mining="all", normalize=False)
+  got = ms2gan(spec, shared, labels, margin=2.0, negatives="all", normalize=False)
   np.testing.assert_allclose(got, 0.8, rtol=1e-6)
-  got = ms2gan(spec, shared, labels, margin=2.0, mining="hardest", normalize=False)
+  got = ms2gan(spec, shared, labels, margin=2.0, negatives="hardest", normalize=False)
   np.testing.assert_allclose(got, 1.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("k", KS)
-@pytest.mark.parametrize("mining", ["all", "hardest"])
+@pytest.mark.parametrize("negatives", ["all", "hardest"])
 @pytest.mark.parametrize("normalize", [True, False], ids=["normalized", "raw"])
 @pytest.mark.parametrize("multilabel", [False, True])
-def test_ms2gan_matches_reference(k, mining, normalize, multilabel):
+def test_ms2gan_matches_reference(k, negatives, normalize, multilabel):
   spec, shared, labels = make_ms2gan_batch(k, k, multilabel)
   margin = 0.5 if normalize else 1.5
-  got = ms2gan(spec, shared, labels, margin=margin, mining=mining, normalize=normalize)
-  want = ref_ms2gan(spec, shared, labels, margin=margin, mining=mining, normalize=normalize)
+  got = ms2gan(spec, shared, labels, margin=margin, negatives=negatives, normalize=normalize)
+  want = ref_ms2gan(spec, shared, labels, margin=margin, negatives=negatives, normalize=normalize)
   np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 def test_ms2gan_normalized_distance_is_scale_free():
   spec, shared, labels = make_ms2gan_batch(3, 3, False)
-  base = ms2gan(spec, shared, labels, margin=0.5, mining="all", normalize=True)
-  scaled = ms2gan(40 * spec, 0.1 * shared, labels, margin=0.5, mining="all", normalize=True)
+  base = ms2gan(spec, shared, labels, margin=0.5, negatives="all", normalize=True)
+  scaled = ms2gan(40 * spec, 0.1 * shared, labels, margin=0.5, negatives="all", normalize=True)
   np.testing.assert_allclose(scaled, base, rtol=1e-5)
 
 
 def test_ms2gan_options_are_validated():
   spec, shared, labels = make_ms2gan_batch(0, 2, False)
   with pytest.raises(ConfigError):
-    losses.ms2gan_similarity_loss(spec, shared, labels, mining="semi")
+    losses.ms2gan_similarity_loss(spec, shared, labels, negatives="semi")
   with pytest.raises(AssertionError):
     losses.ms2gan_similarity_loss(spec, shared[:, :3], labels)
   with pytest.raises(AssertionError):
@@ -1022,12 +1022,12 @@ def test_two_modalities_reproduce_adversarial_acmr_and_dscmr(multilabel):
   diff = logits[..., 0] - logits[..., 1]
   np.testing.assert_allclose(adversarial(logits), ref2_adversarial(diff[0], diff[1]), rtol=RTOL)
 
-  got = acmr(z, labels, margin=2.0, negative="hardest")
+  got = acmr(z, labels, margin=2.0, negatives="hardest")
   np.testing.assert_allclose(got, ref2_acmr(img, txt, labels, 2.0), rtol=RTOL, atol=ATOL)
   # Random negatives: the same draws, gumbel(key, (2, B, B)) with 0 = image->text anchors.
   for seed in range(3):
     key = rng_key(seed)
-    got = acmr(z, labels, margin=3.0, negative="random", rng=key)
+    got = acmr(z, labels, margin=3.0, negatives="random", rng=key)
     want = ref2_acmr(img, txt, labels, 3.0, pick=gumbel_pick(key, 2))
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
@@ -1048,19 +1048,19 @@ def test_two_modalities_reproduce_multi_negative(case, multilabel):
   np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("mining", ["all", "hardest"])
+@pytest.mark.parametrize("negatives", ["all", "hardest"])
 @pytest.mark.parametrize("multilabel", [False, True])
-def test_two_modalities_reproduce_unnormalised_ms2gan(mining, multilabel):
+def test_two_modalities_reproduce_unnormalised_ms2gan(negatives, multilabel):
   (spec_img, spec_txt), (shared_img, shared_txt), labels = make_ms2gan_batch(24, 2, multilabel)
   got = ms2gan(
     np.stack([spec_img, spec_txt]),
     np.stack([shared_img, shared_txt]),
     labels,
     margin=1.5,
-    mining=mining,
+    negatives=negatives,
     normalize=False,
   )
-  want = ref2_ms2gan(spec_img, shared_img, spec_txt, shared_txt, labels, 1.5, mining)
+  want = ref2_ms2gan(spec_img, shared_img, spec_txt, shared_txt, labels, 1.5, negatives)
   np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
@@ -1079,10 +1079,10 @@ TRACED_OPTIONS = {
   "mns_all": (mns, dict(negatives="all", k=5), ("tau", "margin", "intra_weight")),
   "mns_hardest": (mns, dict(negatives="hardest", k=2), ("tau", "margin", "intra_weight")),
   "mns_per_class": (mns, dict(negatives="per_class", k=5), ("tau", "margin", "intra_weight")),
-  "acmr_hardest": (acmr, dict(negative="hardest"), ("margin",)),
-  "acmr_random": (acmr, dict(negative="random", rng=KEY), ("margin",)),
-  "ms2gan_all": (ms2gan, dict(mining="all", normalize=True), ("margin",)),
-  "ms2gan_hardest": (ms2gan, dict(mining="hardest", normalize=False), ("margin",)),
+  "acmr_hardest": (acmr, dict(negatives="hardest"), ("margin",)),
+  "acmr_random": (acmr, dict(negatives="random", rng=KEY), ("margin",)),
+  "ms2gan_all": (ms2gan, dict(negatives="all", normalize=True), ("margin",)),
+  "ms2gan_hardest": (ms2gan, dict(negatives="hardest", normalize=False), ("margin",)),
 }
 
 
@@ -1115,7 +1115,7 @@ def test_traced_options_under_vmap_equal_per_value_results(k, name):
 # Every loss as a function of (z, labels), [K, B, D] and [B, C] with D == C.
 STACK_LOSSES = {
   "acmr_random": lambda z, y: losses.acmr_triplet_loss(z, y, margin=1.0, rng=KEY),
-  "acmr_hardest": lambda z, y: losses.acmr_triplet_loss(z, y, margin=1.0, negative="hardest"),
+  "acmr_hardest": lambda z, y: losses.acmr_triplet_loss(z, y, margin=1.0, negatives="hardest"),
   "mns_all": lambda z, y: losses.multi_negative_loss(z, y, margin=0.1),
   "mns_hardest": lambda z, y: losses.multi_negative_loss(z, y, negatives="hardest", k=2),
   # A literal 0 takes the branch that skips the intra-modal term.
@@ -1124,7 +1124,7 @@ STACK_LOSSES = {
   ),
   "ms2gan_all": lambda z, y: losses.ms2gan_similarity_loss(z, z[..., :3], y),
   "ms2gan_hardest": lambda z, y: losses.ms2gan_similarity_loss(
-    z, -z[::-1], y, mining="hardest", normalize=False
+    z, -z[::-1], y, negatives="hardest", normalize=False
   ),
   "large_margin": lambda z, y: losses.large_margin_difference_loss(z[0], z[1]),
   "orthogonality": lambda z, y: losses.orthogonality_difference_loss(z[0], z[1]),

@@ -17,15 +17,19 @@ from mscross.training import plan as plan_lib
 DATASETS = ("wikipedia", "uci_mfeat/fou_kar_pix", "digits_halves", "features", "dscmr_mat")
 # DSCMR's published 2048/1024 network and batch of 100 lie outside the widths every method is
 # searched over; the regulariser is off (0) in the published MS2GAN and DSCMR.
-PUBLISHED_OUTSIDE = {("dscmr", "width"), ("dscmr", "hidden"), ("dscmr", "train.batch_size")}
+PUBLISHED_OUTSIDE = {
+  ("dscmr", "embedding_width"),
+  ("dscmr", "hidden_width"),
+  ("dscmr", "train.batch_size"),
+}
 
 
 def _preset_value(config, method, param):
   """What a preset holds for a search-space entry (the widths are spread over several keys)."""
-  if param.name == "width":
-    return config.model.shared_layers[-1] if method == "dscmr" else config.model.width
-  if param.name == "hidden":
-    return config.model.width if method == "dscmr" else config.model.encoder_layers[0]
+  if param.name == "embedding_width":
+    return config.model.shared_layers[-1] if method == "dscmr" else config.model.encoder_width
+  if param.name == "hidden_width":
+    return config.model.encoder_width if method == "dscmr" else config.model.encoder_layers[0]
   return dotted.get(config, param.name)
 
 
@@ -73,7 +77,7 @@ def test_default_config_file_takes_method_dataset_and_labels():
   for bad in ("method", "labels=maybe"):
     with pytest.raises(ValueError):
       module.get_config(bad)
-  # Other keys name encoders of the dataset's raw modalities; the embedded digits have none.
+  # Other keys name extractors of the dataset's raw modalities; the embedded digits have none.
   with pytest.raises(ConfigError, match="no raw modality 'colour'.*none"):
     module.get_config("colour=red")
 
@@ -82,9 +86,9 @@ def test_term_options_and_defaults_come_from_the_loss_signatures():
   # One place for a default: the pure loss function's signature (MS2GAN's margin, ACMR's).
   sim = inspect.signature(losses.ms2gan_similarity_loss).parameters
   assert registry.LOSS_TERMS["ms2gan_similarity"].defaults == {
-    name: sim[name].default for name in ("margin", "mining", "normalize")
+    name: sim[name].default for name in ("margin", "negatives", "normalize")
   }
-  assert registry.LOSS_TERMS["acmr_triplet"].defaults == {"margin": 0.5, "negative": "random"}
+  assert registry.LOSS_TERMS["acmr_triplet"].defaults == {"margin": 0.5, "negatives": "random"}
   # A term's own options join its loss's: the difference loss's kind, the large margin's margin.
   assert registry.LOSS_TERMS["ms2gan_difference"].defaults == {
     "kind": "large_margin",
@@ -96,7 +100,7 @@ def test_term_options_and_defaults_come_from_the_loss_signatures():
   assert dict(c.loss.ms2gan_similarity) == {
     "weight": 1.0,
     "margin": 0.5,
-    "mining": "all",
+    "negatives": "all",
     "normalize": True,
   }
   full = registry.complete_options("multi_negative", {"tau": 0.3})

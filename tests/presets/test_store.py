@@ -14,12 +14,12 @@ from mscross.presets import store
 DEFAULT_CONFIG = str(REPO / "configs" / "default.py")
 
 
-def _tuned(method="mnsgan", dataset="wikipedia", encoders=None, **params):
+def _tuned(method="mnsgan", dataset="wikipedia", extractors=None, **params):
   return store.Tuned(
     method=method,
     dataset=dataset,
-    encoders=encoders or {},
-    params=params or {"optim.lr": 0.0042, "width": 64, "adv.ramp_steps": 250.0},
+    extractors=extractors or {},
+    params=params or {"optim.lr": 0.0042, "embedding_width": 64, "adv.ramp_steps": 250.0},
     settings={"train.patience": 7, "train.eval_every": 50},
     tuning={"command": "python bench/accuracy.py ...", "best_validation": 0.3},
   )
@@ -31,14 +31,14 @@ def tuned_root(tmp_path, monkeypatch):
   return tmp_path
 
 
-def test_variant_names_the_dataset_and_its_non_default_encoders():
+def test_variant_names_the_dataset_and_its_non_default_extractors():
   assert store.variant("uci_mfeat/fou_pix") == "uci_mfeat-fou_pix"
   assert store.variant("wikipedia", {"text": "wordllama"}) == "wikipedia.text-wordllama"
   both = store.variant("web_news", {"text": "minilm", "image": ""})
   assert both == "web_news.image-none.text-minilm"
-  # Encoders equal to the builder's defaults are not part of the variant.
-  assert presets.variant_encoders("web_news", {"text": "wordllama"}) == {}
-  assert presets.variant_encoders("wikipedia", {"text": "wordllama"}) == {"text": "wordllama"}
+  # Extractors equal to the builder's defaults are not part of the variant.
+  assert presets.variant_extractors("web_news", {"text": "wordllama"}) == {}
+  assert presets.variant_extractors("wikipedia", {"text": "wordllama"}) == {"text": "wordllama"}
 
 
 def test_build_applies_the_stored_values_of_its_variant_only(tuned_root):
@@ -48,30 +48,30 @@ def test_build_applies_the_stored_values_of_its_variant_only(tuned_root):
   assert c.optim.lr == 0.0042 and c.train.patience == 7 and c.train.eval_every == 50
   assert c.adv.ramp_steps == 250.0
   # `width` is a search-space name standing for the embedding width of every layer that has it.
-  methods.apply_params(untuned, "mnsgan", {"width": 64})
-  assert c.model.width == untuned.model.width == 64
+  methods.apply_params(untuned, "mnsgan", {"embedding_width": 64})
+  assert c.model.encoder_width == untuned.model.encoder_width == 64
   assert presets.build("mnsgan", "wikipedia", use_tuned=False).optim.lr != 0.0042
   # Another variant, method or dataset has no stored values.
-  assert presets.build("mnsgan", "wikipedia", encoders={"text": "wordllama"}).optim.lr != 0.0042
+  assert presets.build("mnsgan", "wikipedia", extractors={"text": "wordllama"}).optim.lr != 0.0042
   assert presets.build("acmr", "wikipedia").optim.lr != 0.0042
   assert presets.build("mnsgan", "digits_halves").optim.lr != 0.0042
 
 
-def test_the_default_config_file_picks_a_variant_by_its_encoders(tuned_root):
-  store.write(_tuned(encoders={"text": "wordllama"}))
+def test_the_default_config_file_picks_a_variant_by_its_extractors(tuned_root):
+  store.write(_tuned(extractors={"text": "wordllama"}))
   get_config = runpy.run_path(DEFAULT_CONFIG)["get_config"]
   c = get_config("method=mnsgan,dataset=wikipedia,text=wordllama")
-  assert c.optim.lr == 0.0042 and c.data.encoders.text == "wordllama"
+  assert c.optim.lr == 0.0042 and c.data.extractors.text == "wordllama"
   assert get_config("method=mnsgan,dataset=wikipedia").optim.lr != 0.0042
   # tuned=false builds the registry's settings, as the tuning studies start from them.
   plain = get_config("method=mnsgan,dataset=wikipedia,text=wordllama,tuned=false")
-  untuned = presets.build("mnsgan", "wikipedia", encoders={"text": "wordllama"}, use_tuned=False)
+  untuned = presets.build("mnsgan", "wikipedia", extractors={"text": "wordllama"}, use_tuned=False)
   assert plain.to_dict() == untuned.to_dict() and plain.optim.lr != 0.0042
   with pytest.raises(ValueError, match="tuned must be true or false"):
     get_config("tuned=no")
   with pytest.raises(ConfigError, match="no raw modality 'image'.*text"):
     get_config("method=mnsgan,dataset=wikipedia,image=efficientnet_lite0")
-  with pytest.raises(ValueError, match="method=...*<modality>=<encoder>"):
+  with pytest.raises(ValueError, match="method=...*<modality>=<extractor>"):
     get_config("method=mnsgan,wikipedia")
 
 
@@ -99,7 +99,7 @@ def test_written_presets_read_back_and_wrong_files_are_refused(tuned_root):
 @pytest.mark.parametrize(
   "tuned",
   store.stored(store.ROOT),
-  ids=lambda t: f"{t.method}-{store.variant(t.dataset, t.encoders)}",
+  ids=lambda t: f"{t.method}-{store.variant(t.dataset, t.extractors)}",
 )
 def test_every_shipped_preset_is_inside_its_search_space_and_says_how_it_was_tuned(tuned):
   space = {p.name: p for p in methods.get(tuned.method).search_space}
@@ -107,5 +107,5 @@ def test_every_shipped_preset_is_inside_its_search_space_and_says_how_it_was_tun
   assert all(space[k].contains(v) for k, v in tuned.params.items())
   assert tuned.tuning["command"].startswith("python bench/accuracy.py")
   assert tuned.tuning["trials"]["COMPLETE"] >= 1 and tuned.tuning["tree_clean"]
-  c = presets.build(tuned.method, tuned.dataset, encoders=tuned.encoders)
+  c = presets.build(tuned.method, tuned.dataset, extractors=tuned.extractors)
   assert json.loads(json.dumps(c.to_dict()))["method"] == tuned.method

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_ENCODERS, bench_module, trainer_config, write_archive, write_image
+from conftest import TINY_EXTRACTORS, bench_module, trainer_config, write_archive, write_image
 
 from mscross import metrics
 from mscross.data.base import Split
@@ -147,7 +147,7 @@ def test_eval_report_of_a_raw_dataset_shows_its_items(tmp_path, monkeypatch):
   c = trainer_config("dscmr", steps=2)
   c.train.eval_every = c.train.checkpoint_every = 2
   c.data.name, c.data.data_dir = "archive", str(folder)
-  c.data.encoders = TINY_ENCODERS
+  c.data.extractors = TINY_EXTRACTORS
   c.train.batch_size = 8
   run = tmp_path / "run"
   trainer.train_and_evaluate(c, str(run))

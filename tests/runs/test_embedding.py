@@ -114,7 +114,7 @@ def ref_instance(q, g, ks):
 
 def metrics_config():
   return small_config(
-    "acmr", {"eval.ks": (1, 3), "eval.map_ks": (5,), "eval.recall_ks": (1, 2), "eval.block_size": 0}
+    "acmr", {"eval.precision_ks": (1, 3), "eval.map_ks": (5,), "eval.recall_ks": (1, 2), "eval.block_size": 0}
   )
 
 

@@ -25,7 +25,7 @@ ARGS = [
   f"--config.train.eval_every={EVERY}",
   f"--config.train.checkpoint_every={EVERY}",
   "--config.model.encoder_layers=(64,)",
-  "--config.model.width=32",
+  "--config.model.encoder_width=32",
   "--nocompilation_cache",
 ]
 

@@ -195,7 +195,7 @@ def tiny_trainer_config(steps=20):
   """configs/default.py with test_cli's TINY overrides (so train.py can run the same)."""
   c = presets.build("mnsgan", "digits")
   c.model.encoder_layers = (32,)
-  c.model.width = 16
+  c.model.encoder_width = 16
   c.train.steps = steps
   c.train.eval_every = 10
   c.train.checkpoint_every = 10

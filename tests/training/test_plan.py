@@ -58,7 +58,7 @@ def test_population_members_and_their_hyperparameters():
   c.population.vary_seed = False
   assert plan_lib.resolve(c).seeds == (7, 7)
   for bad, match in (
-    ({"model.width": [8, 16]}, "cannot differ"),
+    ({"model.encoder_width": [8, 16]}, "cannot differ"),
     ({"optim.lr": [1e-3]}, "one value per member"),
     ({"optim.lr": [1e-3, float("nan")]}, "finite"),
   ):
@@ -80,7 +80,7 @@ def test_the_program_key_ignores_what_the_program_takes_as_inputs():
     node[name] = node[name] * 2 + 1
     assert plan_lib.resolve(c, WIKI_SPEC).program_key == key, change
   c = presets.build("acmr", "wikipedia")
-  c.model.width = 32
+  c.model.encoder_width = 32
   assert plan_lib.resolve(c, WIKI_SPEC).program_key != key
   assert plan_lib.resolve(base, spec_of(("image", "text"), 3)).program_key != key
   assert plan_lib.resolve(base).program_key is None  # no data spec, no program

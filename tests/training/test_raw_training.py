@@ -1,11 +1,11 @@
-"""Training on a dataset of raw images and texts: the encoders run once (cached), skipped pairs
-are listed in the workdir, and the run's config records the encoders."""
+"""Training on a dataset of raw images and texts: the extractors run once (cached), skipped pairs
+are listed in the workdir, and the run's config records the extractors."""
 
 import json
 
 import numpy as np
 import pytest
-from conftest import TINY_ENCODERS, trainer_config, write_archive, write_image
+from conftest import TINY_EXTRACTORS, trainer_config, write_archive, write_image
 
 import mscross
 from mscross import data
@@ -20,7 +20,7 @@ def test_training_on_raw_pairs_lists_skipped_ones(tmp_path, monkeypatch, caplog)
   (folder / "images" / "dogs" / "img40.jpg").unlink()
   c = trainer_config("mnsgan", steps=20)
   c.data.name, c.data.data_dir = "archive", str(folder)
-  c.data.encoders = TINY_ENCODERS
+  c.data.extractors = TINY_EXTRACTORS
   c.train.batch_size = 16
   run = tmp_path / "run"
   result = trainer.train_and_evaluate(c, str(run))
@@ -29,10 +29,10 @@ def test_training_on_raw_pairs_lists_skipped_ones(tmp_path, monkeypatch, caplog)
   assert len(rows) == 2 and rows[1].startswith("train\ttxt40/img40\timage\t")
   assert "img40.jpg: no such image file" in rows[1]
   assert "1 pair(s) skipped" in caplog.text
-  assert json.loads((run / layout.CONFIG).read_text())["data"]["encoders"] == TINY_ENCODERS
+  assert json.loads((run / layout.CONFIG).read_text())["data"]["extractors"] == TINY_EXTRACTORS
   # The trained model encodes new raw items as training saw them.
   model = mscross.load(str(run))
-  test = data.load_split("archive", "test", folder, data.Options(encoders=TINY_ENCODERS))
+  test = data.load_split("archive", "test", folder, data.Options(extractors=TINY_EXTRACTORS))
   names = [pair_id.split("/") for pair_id in test.ids[:5]]
   images = [
     folder / "images" / ("cats", "dogs")[int(np.argmax(row))] / f"{i}.jpg"
@@ -52,7 +52,7 @@ def test_training_on_raw_pairs_lists_skipped_ones(tmp_path, monkeypatch, caplog)
     trainer.train_and_evaluate(c, str(tmp_path / "stop"))
 
 
-def test_texts_the_encoder_cannot_read_are_said_and_noted_in_the_workdir(
+def test_texts_the_extractor_cannot_read_are_said_and_noted_in_the_workdir(
   tmp_path, monkeypatch, caplog
 ):
   monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path / "cache"))
@@ -63,12 +63,12 @@ def test_texts_the_encoder_cannot_read_are_said_and_noted_in_the_workdir(
     rows.append(f"{n}.png,贵州龙里河大桥 {n},{('bridge', 'river')[n % 2]}")
   (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
   c = trainer_config("mnsgan", steps=10)
-  c.data.name, c.data.data_dir, c.data.encoders = "manifest", str(folder), TINY_ENCODERS
+  c.data.name, c.data.data_dir, c.data.extractors = "manifest", str(folder), TINY_EXTRACTORS
   c.train.batch_size = 8
   run = tmp_path / "run"
   trainer.train_and_evaluate(c, str(run))
   rows = (run / layout.PROBLEMS).read_text().splitlines()
   assert len(rows) == 2 and rows[1].startswith("-\t-\ttext\t-\t") and rows[1].endswith("\twarned")
-  assert "unknown to tiny_text's vocabulary" in rows[1] and "data.encoders.text=" in rows[1]
+  assert "unknown to tiny_text's vocabulary" in rows[1] and "data.extractors.text=" in rows[1]
   said = [r for r in caplog.records if "unknown to tiny_text's vocabulary" in r.getMessage()]
   assert len(said) == 1 and str(run / layout.PROBLEMS) in said[0].getMessage()

@@ -263,7 +263,7 @@ def test_own_npy_features_of_three_modalities_without_labels_train_and_evaluate(
   config = presets.build("mnsgan", "features", labels=False)
   config.data.data_dir = str(root)
   config.model.encoder_layers = (32,)
-  config.model.width = 16
+  config.model.encoder_width = 16
   config.train.batch_size = 32
   config.train.steps, config.train.eval_every, config.train.checkpoint_every = 60, 20, 20
   result = trainer.train_and_evaluate(config, str(tmp_path / "run"))

@@ -37,7 +37,7 @@ def train_args(config="configs/default.py", **overrides):
     "train.eval_every": EVERY,
     "train.checkpoint_every": EVERY,
     "model.encoder_layers": "(32,)",
-    "model.width": 16,
+    "model.encoder_width": 16,
   }
   values.update({key.replace("__", "."): value for key, value in overrides.items()})
   return ["--config", config, *(f"--config.{k}={v}" for k, v in values.items())]

@@ -91,7 +91,8 @@ def test_best_config_is_a_ready_config(sweep):
   params = study.best_trial.params
   assert best.optim.lr == pytest.approx(params["optim.lr"])
   assert best.train.batch_size == params["train.batch_size"]
-  assert best.model.width == params["width"] and best.model.encoder_layers == (params["hidden"],)
+  assert best.model.encoder_width == params["embedding_width"]
+  assert best.model.encoder_layers == (params["hidden_width"],)
   assert best.population.size == 1 and best.method == "mnsgan"
   config_lib.validate(best)
   lines = [json.loads(x) for x in open(os.path.join(workdir, "trials.jsonl"))]

@@ -1,32 +1,32 @@
-"""The encoder registry: pretrained encoders that turn raw items (images, texts) into feature
+"""The extractor registry: pretrained extractors that turn raw items (images, texts) into feature
 vectors, by name.
 
-An encoder is a pure function of (params, batch), like the rest of the package, plus the host
+An extractor is a pure function of (params, batch), like the rest of the package, plus the host
 side that makes a batch out of raw items. Registering one of your own takes a loader that
 returns a `Model`:
 
-    from mscross import encoders
+    from mscross import extractors
 
-    @encoders.register("my_text", kind="text", dim=300, licence="MIT", weights="my-package")
-    def my_text() -> encoders.Model:
+    @extractors.register("my_text", kind="text", dim=300, licence="MIT", weights="my-package")
+    def my_text() -> extractors.Model:
       table = np.load(...)                              # [vocab, 300]
-      return encoders.Model(
+      return extractors.Model(
         params={"table": table},
         prepare=lambda text: {"ids": my_tokenize(text)},  # one raw item -> arrays
-        collate=encoders.pad_collate(max_length=256),     # a list of those -> one batch
+        collate=extractors.pad_collate(max_length=256),     # a list of those -> one batch
         apply=lambda params, batch: ...,                  # batch -> [B, 300], jit-able
         fingerprint="my_text-v1",                         # changes when outputs would change
       )
 
-after which `data.encoders.text=my_text` selects it. What the loader's `Model` must provide:
+after which `data.extractors.text=my_text` selects it. What the loader's `Model` must provide:
 - `params`: a pytree of arrays, the weights;
-- `prepare(item)`: one raw item -> a dict of numpy arrays. An image encoder gets an RGB
-  `PIL.Image.Image` (decoding and checks are done for it); a text encoder gets a `str`;
+- `prepare(item)`: one raw item -> a dict of numpy arrays. An image extractor gets an RGB
+  `PIL.Image.Image` (decoding and checks are done for it); a text extractor gets a `str`;
 - `collate(list of dicts)`: one batch, a dict of arrays with a leading batch axis;
 - `apply(params, batch)`: a jit-able function returning float32 [B, dim];
 - `fingerprint`: a string naming the weights and the code version; caches of extracted
   features are keyed by it;
-- optionally `unknown_tokens(prepared)`: for a text encoder with a fixed vocabulary, (tokens
+- optionally `unknown_tokens(prepared)`: for a text extractor with a fixed vocabulary, (tokens
   of one prepared item its vocabulary lacks, tokens): texts it mostly cannot read are named.
 """
 
@@ -45,7 +45,7 @@ KINDS = ("image", "text")
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """A loaded encoder: weights, host-side batching and the pure device-side function."""
+  """A loaded extractor: weights, host-side batching and the pure device-side function."""
 
   params: Any
   prepare: Callable[[Any], dict[str, np.ndarray]]
@@ -56,8 +56,8 @@ class Model:
 
 
 @dataclasses.dataclass(frozen=True)
-class Encoder:
-  """A registered encoder: what it reads, what it returns, and where its weights come from."""
+class Extractor:
+  """A registered extractor: what it reads, what it returns, and where its weights come from."""
 
   name: str
   kind: str
@@ -67,14 +67,14 @@ class Encoder:
   loader: Callable[[], Model]
 
   def load(self) -> Model:
-    """The encoder's weights and functions (a converted copy of the weights is cached)."""
+    """The extractor's weights and functions (a converted copy of the weights is cached)."""
     model = _LOADED.get(self.name)
     if model is None:
       model = _LOADED[self.name] = self.loader()
     return model
 
 
-ENCODERS: dict[str, Encoder] = {}
+EXTRACTORS: dict[str, Extractor] = {}
 # Loaded models, per process: a run that embeds several splits loads the weights once.
 _LOADED: dict[str, Model] = {}
 
@@ -82,15 +82,15 @@ _LOADED: dict[str, Model] = {}
 def register(
   name: str, *, kind: str, dim: int, licence: str, weights: str
 ) -> Callable[[Callable[[], Model]], Callable[[], Model]]:
-  """Registers the decorated loader as encoder `name`; returns the loader unchanged."""
+  """Registers the decorated loader as extractor `name`; returns the loader unchanged."""
   if kind not in KINDS:
-    raise ValueError(f"encoder {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    raise ValueError(f"extractor {name!r}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
 
   def decorate(loader: Callable[[], Model]) -> Callable[[], Model]:
-    known = ENCODERS.get(name)
+    known = EXTRACTORS.get(name)
     if known is not None and known.loader.__qualname__ != loader.__qualname__:
-      raise ValueError(f"encoder name {name!r} is taken by {known.loader.__qualname__}")
-    ENCODERS[name] = Encoder(name, kind, dim, licence, weights, loader)
+      raise ValueError(f"extractor name {name!r} is taken by {known.loader.__qualname__}")
+    EXTRACTORS[name] = Extractor(name, kind, dim, licence, weights, loader)
     _LOADED.pop(name, None)
     return loader
 
@@ -98,17 +98,17 @@ def register(
 
 
 def names(kind: str | None = None) -> list[str]:
-  """The registered encoders' names, of one kind if given."""
-  return [name for name, e in ENCODERS.items() if kind is None or e.kind == kind]
+  """The registered extractors' names, of one kind if given."""
+  return [name for name, e in EXTRACTORS.items() if kind is None or e.kind == kind]
 
 
-def get(name: str, kind: str | None = None) -> Encoder:
-  """The encoder `name`; ConfigError naming the choices if there is none (of that kind)."""
-  encoder = ENCODERS.get(name)
-  if encoder is None or (kind is not None and encoder.kind != kind):
-    what = f"{kind} encoder" if kind else "encoder"
+def get(name: str, kind: str | None = None) -> Extractor:
+  """The extractor `name`; ConfigError naming the choices if there is none (of that kind)."""
+  extractor = EXTRACTORS.get(name)
+  if extractor is None or (kind is not None and extractor.kind != kind):
+    what = f"{kind} extractor" if kind else "extractor"
     raise ConfigError(f"unknown {what} {name!r}; available: {', '.join(names(kind)) or 'none'}")
-  return encoder
+  return extractor
 
 
 def stack_collate(items: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

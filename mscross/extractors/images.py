@@ -1,4 +1,4 @@
-"""Decoding image files for the image encoders, with every way a real file can go wrong turned
+"""Decoding image files for the image extractors, with every way a real file can go wrong turned
 into a one-line `BadInput`, and the modes real collections contain (RGBA, palette, CMYK,
 grayscale, 16-bit) converted to 8-bit RGB.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mscross.encoders.extraction import BadInput
+from mscross.extractors.extraction import BadInput
 
 # Larger images are refused before decoding: a small file can declare a huge canvas (a
 # "decompression bomb") and decoding it would exhaust memory. 8,000 x 8,000 covers photographs.

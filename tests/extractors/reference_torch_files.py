@@ -1,11 +1,11 @@
 """Writes fixtures/torch_files/: genuine checkpoints saved by PyTorch, in both of its layouts, and
-what `torch.load(weights_only=True)` reads back from them, for tests/encoders/test_torch_pickle.py
-to compare `mscross.encoders.torch_pickle` against without PyTorch.
+what `torch.load(weights_only=True)` reads back from them, for tests/extractors/test_torch_pickle.py
+to compare `mscross.extractors.torch_pickle` against without PyTorch.
 
 Run it from the repository root with an interpreter that has torch (pinned: see pyproject's
 `bench` extra) and numpy:
 
-  python tests/encoders/reference_torch_files.py
+  python tests/extractors/reference_torch_files.py
 
 The checkpoint: a nested dict ({"model": <state dict>, "optimizer": {...}, "epoch": 3}) holding
 every element type a storage has (float32, float16, bfloat16, float64, the integer types,

@@ -38,8 +38,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from mscross.encoders import file_bounds
 from mscross.errors import DataError, one_line, printable, shown
+from mscross.extractors import file_bounds
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001

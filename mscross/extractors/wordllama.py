@@ -1,4 +1,4 @@
-"""WordLlama (l2_supercat, 256-d), a bag-of-tokens text encoder: a sentence is the mean of its
+"""WordLlama (l2_supercat, 256-d), a bag-of-tokens text extractor: a sentence is the mean of its
 tokens' rows in an embedding table distilled from Llama 2 70B's token embeddings.
 
 The table and the Llama 2 tokenizer (SentencePiece BPE with byte fallback, so any script,
@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mscross.encoders import registry, weights
 from mscross.errors import ConfigError, one_line
+from mscross.extractors import registry, weights
 
 PACKAGE = "wordllama"
 INSTALL = "pip install wordllama"

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0, an ImageNet classifier, as an image encoder: the 1,280-d globally pooled
+"""EfficientNet-Lite0, an ImageNet classifier, as an image extractor: the 1,280-d globally pooled
 features of its last convolution.
 
 The architecture is that of the PyPI package `efficientnet-lite-pytorch` 0.1.0 (itself the
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mscross.encoders import images, registry, torch_pickle, weights
 from mscross.errors import DataError
+from mscross.extractors import images, registry, torch_pickle, weights
 
 SIZE = 224
 CROP_FRACTION = 0.875
@@ -158,7 +158,7 @@ def logits(variables: Any, inputs: jax.Array) -> jax.Array:
 
 
 def apply(variables: Any, batch: dict[str, Any]) -> jax.Array:
-  """The encoder's function: pooled features [B, 1280] of a batch {"image": [B, 224, 224, 3]}."""
+  """The extractor's function: pooled features [B, 1280] of a batch {"image": [B, 224, 224, 3]}."""
   return forward(variables, batch["image"])[0]
 
 
