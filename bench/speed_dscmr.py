@@ -65,7 +65,7 @@ def torch_dscmr_loss(f_img, f_txt, p_img, p_txt, labels, alpha: float, beta: flo
 
 def _torch_model(config, d_img: int, d_txt: int, num_classes: int):
   m = config.model
-  return TorchDSCMR(d_img, d_txt, int(m.width), int(m.shared_layers[0]), num_classes)
+  return TorchDSCMR(d_img, d_txt, int(m.encoder_width), int(m.shared_layers[0]), num_classes)
 
 
 def _loss_weights(config) -> tuple[float, float]:
@@ -279,7 +279,7 @@ def section_dscmr(args, problem: Problem, out: dict) -> tuple[list[str], Runner]
     raise SystemExit("the dscmr preset is not docs/methods.md's DSCMR: " + "; ".join(problems))
   b = int(config.train.batch_size)
   m = config.model
-  hidden, common = int(m.width), int(m.shared_layers[0])
+  hidden, common = int(m.encoder_width), int(m.shared_layers[0])
   flops = dscmr_step_flops(b, WIKI_D_IMG, WIKI_D_TXT, hidden, common, WIKI_CLASSES)
   agreement = loss_agreement(config, problem) if torch is not None else None
 

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from conftest import free_port
+from helpers import free_port
 
 USER, PASSWORD = "mscross", "s3cret-pw"
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_FLAGS
+from helpers import REPO, TINY_FLAGS
 
 from mscross import presets
 

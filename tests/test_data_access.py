@@ -5,9 +5,8 @@ import os
 import re
 from pathlib import Path
 
-import conftest
 import pytest
-from conftest import REPO
+from helpers import REPO, check_data_declared
 
 import mscross.data
 
@@ -57,5 +56,5 @@ class _Item:
 )
 def test_a_half_declared_data_test_is_a_usage_error(fixtures, marker_args):
   with pytest.raises(pytest.UsageError, match="takes the data_dir fixture and is marked"):
-    conftest.pytest_collection_modifyitems(None, [_Item(fixtures, marker_args)])
-  conftest.pytest_collection_modifyitems(None, [_Item(["data_dir"], ("wikipedia",))])
+    check_data_declared(_Item(fixtures, marker_args))
+  check_data_declared(_Item(["data_dir"], ("wikipedia",)))

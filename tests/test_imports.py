@@ -5,7 +5,7 @@ circle exists between modules (function-level imports included). Read from the s
 import ast
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "mscross"
 # Lowest first: a room may import its own level and those below it, never one above.

@@ -20,8 +20,8 @@ import pkgutil
 from pathlib import Path
 
 from mscross.data import base, cache, raw
-from mscross.data.base import SPLITS, Split, subset
 from mscross.data.raw import Options, Problem
+from mscross.data.splits import SPLITS, Split, subset
 from mscross.errors import DataError
 
 __all__ = [

@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from mscross.data import base, checks, raw
+from mscross.data import base, checks, image_text, raw
+from mscross.data.splits import Split, carve_validation
 from mscross.errors import DataError
 
 TRAIN_LIST = "trainset_txt_img_cat.list"
@@ -96,7 +97,7 @@ def listed_pairs(folder: Path) -> tuple[tuple[str, ...], list[raw.Pair]]:
   return class_names, pairs
 
 
-class Archive(base.PairedBuilder, skip_registration=True):
+class Archive(image_text.ImageTextBuilder, skip_registration=True):
   """Raw image-text pairs in the Wikipedia archive layout, extracted by pretrained extractors.
 
   Modalities `image` and `text`; the extractors are `data.extractors.image` (default
@@ -107,9 +108,6 @@ class Archive(base.PairedBuilder, skip_registration=True):
   """
 
   NAME = "archive"
-  SOURCE_SUBDIR = ""
-  RAW_MODALITIES: ClassVar[dict[str, str]] = {"image": "image", "text": "text"}
-  DEFAULT_EXTRACTORS: ClassVar[dict[str, str]] = {"image": "efficientnet_lite0", "text": "minilm"}
   # Deep features of a few thousand pairs: z-scored inputs, a larger batch than the default.
   PRESET: ClassVar[dict[str, Any]] = {
     **base.PairedBuilder.PRESET,
@@ -124,38 +122,24 @@ class Archive(base.PairedBuilder, skip_registration=True):
   )
 
   @classmethod
-  def modalities_for(cls, config_name: str | None) -> tuple[str, ...]:
-    del config_name
-    return tuple(cls.RAW_MODALITIES)
-
-  @classmethod
-  def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
-    del config_name
-    folder = Path(source_dir)
+  def listed(cls, folder: Path) -> tuple[list[Path], list[raw.Pair]]:
     _, pairs = listed_pairs(folder)
-    files = [folder / name for name in (CATEGORIES_FILE, TRAIN_LIST, TEST_LIST)]
-    # Listed items that exist: one appearing or changing makes a new cache entry.
-    files += [p for pair in pairs for p in pair.items.values() if p.is_file()]
-    return files
+    return [folder / name for name in (CATEGORIES_FILE, TRAIN_LIST, TEST_LIST)], pairs
 
-  @classmethod
-  def raw_items(cls, source_dir: Path | None) -> dict[str, dict[str, Path | str]]:
-    return {pair.id: dict(pair.items) for pair in listed_pairs(Path(source_dir))[1]}
-
-  def read_source(self) -> dict[str, base.Split]:
+  def read_source(self) -> dict[str, Split]:
     class_names, pairs = listed_pairs(self._source_dir)
     kept, features = self.extract_raw(pairs)
     official = {}
     for split in LISTS:
       rows = [i for i, pair in enumerate(kept) if pair.split == split]
       checks.nonempty(len(rows), str(self._source_dir / LISTS[split]), split)
-      official[split] = base.Split(
+      official[split] = Split(
         {m: array[rows] for m, array in features.items()},
         checks.one_hot(np.asarray([kept[i].classes[0] for i in rows]), len(class_names)),
         np.asarray([kept[i].id for i in rows], dtype=str),
         class_names,
       )
-    train, validation = base.carve_validation(
+    train, validation = carve_validation(
       official["train"], VALIDATION_FRACTION, str(self._source_dir / TRAIN_LIST)
     )
     return {"train": train, "validation": validation, "test": official["test"]}

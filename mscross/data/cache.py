@@ -23,6 +23,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 
 from mscross import caches
 from mscross.data import base, raw
+from mscross.data.splits import Split
 
 try:
   import fcntl
@@ -188,7 +189,7 @@ def _same_decoding(first: dict[str, Any], second: dict[str, Any], keys: Sequence
   )
 
 
-def read(data_path: Path, split: str) -> base.Split:
+def read(data_path: Path, split: str) -> Split:
   """Reads one split of the data prepared in `data_path` (from `prepare`) into numpy arrays."""
   builder = tfds.builder_from_directory(os.fspath(data_path))
   metadata = builder.info.metadata
@@ -215,7 +216,7 @@ def read(data_path: Path, split: str) -> base.Split:
     trusted = False
   if not trusted:
     decoded = _decode_with_tfds(builder, records, keys)
-  return base.Split(
+  return Split(
     features={name: decoded[name] for name in modalities},
     label=decoded["label"] if labelled else None,
     ids=np.asarray(decoded["id"], dtype=str),

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mscross.data import base, checks
+from mscross.data.splits import Split, class_name_range, row_ids, split_60_20_20, subset
 
 MODALITIES = ("left", "right")
 NUM_CLASSES = 10
@@ -46,7 +47,7 @@ class DigitsHalves(base.PairedBuilder, skip_registration=True):
     # The data ships inside scikit-learn, so its version stands in for file stats.
     return f"scikit-learn {importlib.metadata.version('scikit-learn')}"
 
-  def read_source(self) -> dict[str, base.Split]:
+  def read_source(self) -> dict[str, Split]:
     # Imported here: scikit-learn takes seconds to import and only a cold prepare needs it.
     from sklearn.datasets import load_digits
 
@@ -54,15 +55,15 @@ class DigitsHalves(base.PairedBuilder, skip_registration=True):
     images = np.asarray(digits.images, dtype=np.float64) / 16.0
     where = "scikit-learn load_digits()"
     halves = {"left": images[:, :, :4], "right": images[:, :, 4:]}
-    everything = base.Split(
+    everything = Split(
       features={
         name: checks.features(half.reshape(len(images), -1), where, HALF_DIM)
         for name, half in halves.items()
       },
       label=checks.one_hot(checks.class_indices(digits.target, 0, NUM_CLASSES, where), NUM_CLASSES),
-      ids=base.row_ids(len(images)),
-      class_names=base.class_name_range(NUM_CLASSES),
+      ids=row_ids(len(images)),
+      class_names=class_name_range(NUM_CLASSES),
     )
     classes = np.argmax(everything.label, axis=1)
-    parts = base.split_60_20_20(classes, where)
-    return {name: base.subset(everything, idx) for name, idx in parts.items()}
+    parts = split_60_20_20(classes, where)
+    return {name: subset(everything, idx) for name, idx in parts.items()}

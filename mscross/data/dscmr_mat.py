@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mscross.data import base, checks, labels
+from mscross.data.splits import SPLITS, Split, carve_validation, class_name_range, row_ids
 from mscross.errors import DataError
 
 VALIDATION_FRACTION = 0.1
@@ -109,7 +110,7 @@ class DscmrMat(base.PairedBuilder, skip_registration=True):
     if any((source_dir / name).exists() for name in any_validation):
       # Half a validation set is more likely a copying mistake than an intent to carve one.
       paths += checks.require_files(source_dir, optional)
-    for split in base.SPLITS:
+    for split in SPLITS:
       for tag in MEDIA:
         if tag not in media and (source_dir / _file(split, tag)).exists():
           raise DataError(
@@ -126,7 +127,7 @@ class DscmrMat(base.PairedBuilder, skip_registration=True):
     """(media tags, splits present in the source, every source file)."""
     files = set(self.source_files(self._source_dir, None))
     media = _media(self._source_dir)
-    splits = tuple(s for s in base.SPLITS if self._path(s, media[0]) in files)
+    splits = tuple(s for s in SPLITS if self._path(s, media[0]) in files)
     return media, splits, files
 
   def _path(self, split: str, tag: str, label: bool = False) -> Path:
@@ -163,7 +164,7 @@ class DscmrMat(base.PairedBuilder, skip_registration=True):
           )
         checks.same_labels(first[split], other[split], reference, where)
 
-  def read_source(self) -> dict[str, base.Split]:
+  def read_source(self) -> dict[str, Split]:
     media, splits_present, _ = self._layout
     label = self._labels_of(media[0], splits_present)
     self._check_other_labels(label)
@@ -185,11 +186,11 @@ class DscmrMat(base.PairedBuilder, skip_registration=True):
       counts[self._where(split, media[0], True)] = len(label[split])
       num_examples = checks.same_count(counts)
       checks.nonempty(num_examples, str(self._path(split, media[0])), split)
-      splits[split] = base.Split(
-        features, label[split], base.row_ids(num_examples), base.class_name_range(num_classes)
+      splits[split] = Split(
+        features, label[split], row_ids(num_examples), class_name_range(num_classes)
       )
     if "validation" not in splits:
-      splits["train"], splits["validation"] = base.carve_validation(
+      splits["train"], splits["validation"] = carve_validation(
         splits["train"], VALIDATION_FRACTION, str(self._path("train", media[0], True))
       )
     return splits

@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from mscross import atomic
-from mscross.data import base, raw
+from mscross.data import raw
+from mscross.data.splits import Split
 
 
 def write_features(
-  splits: dict[str, base.Split], problems: list[raw.Problem], out: str | os.PathLike
+  splits: dict[str, Split], problems: list[raw.Problem], out: str | os.PathLike
 ) -> dict:
   """Writes `splits` (every split of one dataset) and `problems` under `out`; returns a summary
   {split: rows, "dims": {modality: d}, "skipped": pairs skipped}."""
@@ -65,7 +66,7 @@ def write_features(
 
 
 def write_embeddings(
-  out: str | os.PathLike, embeddings: dict[str, np.ndarray], split: base.Split
+  out: str | os.PathLike, embeddings: dict[str, np.ndarray], split: Split
 ) -> str:
   """Writes `embeddings` ({modality: [N, e]}) of `split`, with its ids and labels, under `out`."""
   os.makedirs(out, exist_ok=True)

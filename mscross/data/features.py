@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mscross.data import array_files, base, checks, labels
+from mscross.data.splits import SPLITS, Split, carve_validation, class_name_range, row_ids
 from mscross.errors import DataError
 
 VALIDATION_FRACTION = 0.1
@@ -77,7 +78,7 @@ def _split_sources(folder: Path) -> dict[str, _SplitSource]:
   """The split sources present; DataError if train or test is missing or validation misnamed."""
   if not folder.is_dir():
     raise DataError(f"{folder}: not a folder (expected train/ and test/ or train.npz, test.npz)")
-  sources = {split: _split_source(folder, split) for split in base.SPLITS}
+  sources = {split: _split_source(folder, split) for split in SPLITS}
   for split in REQUIRED_SPLITS:
     if sources[split] is None:
       raise DataError(
@@ -139,7 +140,7 @@ class UserFeatures(base.PairedBuilder, skip_registration=True):
       paths += list(source.files.values()) if source.files else [source.path]
     return paths
 
-  def read_source(self) -> dict[str, base.Split]:
+  def read_source(self) -> dict[str, Split]:
     folder = self._source_dir
     manifest = array_files.read_manifest(folder)
     sources = _split_sources(folder)
@@ -173,14 +174,14 @@ class UserFeatures(base.PairedBuilder, skip_registration=True):
       num_examples = checks.same_count(counts)
       checks.nonempty(num_examples, str(sources[split].path), split)
       class_names = () if multi_hot is None else self._class_names(manifest, multi_hot)
-      splits[split] = base.Split(
+      splits[split] = Split(
         features=by_name,
         label=None if multi_hot is None else multi_hot[split],
-        ids=base.row_ids(num_examples),
+        ids=row_ids(num_examples),
         class_names=class_names,
       )
     if "validation" not in splits:
-      splits["train"], splits["validation"] = base.carve_validation(
+      splits["train"], splits["validation"] = carve_validation(
         splits["train"], VALIDATION_FRACTION, str(sources["train"].path)
       )
     return splits
@@ -238,4 +239,4 @@ class UserFeatures(base.PairedBuilder, skip_registration=True):
   def _class_names(manifest: array_files.Manifest, multi_hot: dict[str, np.ndarray]):
     if manifest.class_names is not None:
       return manifest.class_names
-    return base.class_name_range(multi_hot["train"].shape[1])
+    return class_name_range(multi_hot["train"].shape[1])

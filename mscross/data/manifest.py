@@ -24,11 +24,12 @@ import csv
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
-from mscross.data import base, checks, raw
+from mscross.data import checks, image_text, raw
+from mscross.data.splits import SPLITS, Split, carve_validation, holdout, split_60_20_20, subset
 from mscross.errors import DataError
 
 NAMES = ("manifest.csv", "manifest.jsonl")
@@ -101,8 +102,8 @@ def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], boo
     where = f"{path}:{number}"
     # Without a split column the split is drawn after encoding: a pair skipped before has none.
     split = _field(row, "split") if has_split else "-"
-    if has_split and split not in base.SPLITS:
-      raise DataError(f"{where}: split {split!r}; use one of {', '.join(base.SPLITS)}")
+    if has_split and split not in SPLITS:
+      raise DataError(f"{where}: split {split!r}; use one of {', '.join(SPLITS)}")
     image = _field(row, "image")
     text: Path | str = _field(row, "text")
     if _field(row, "text_path"):
@@ -121,7 +122,7 @@ def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], boo
   return path, class_names, pairs, has_split
 
 
-class Manifest(base.PairedBuilder, skip_registration=True):
+class Manifest(image_text.ImageTextBuilder, skip_registration=True):
   """Raw image-text pairs listed in manifest.csv or manifest.jsonl, extracted by pretrained
   extractors.
 
@@ -134,35 +135,21 @@ class Manifest(base.PairedBuilder, skip_registration=True):
   """
 
   NAME = "manifest"
-  SOURCE_SUBDIR = ""
-  RAW_MODALITIES: ClassVar[dict[str, str]] = {"image": "image", "text": "text"}
-  DEFAULT_EXTRACTORS: ClassVar[dict[str, str]] = {"image": "efficientnet_lite0", "text": "minilm"}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
     "Pass as data_dir a folder holding manifest.csv or manifest.jsonl (columns image, text or "
     "text_path, optional label, split and id) and the files it names."
   )
 
   @classmethod
-  def modalities_for(cls, config_name: str | None) -> tuple[str, ...]:
-    del config_name
-    return tuple(cls.RAW_MODALITIES)
+  def listed(cls, folder: Path) -> tuple[list[Path], list[raw.Pair]]:
+    path, _, pairs, _ = read_pairs(folder)
+    return [path], pairs
 
-  @classmethod
-  def source_files(cls, source_dir: Path | None, config_name: str | None) -> list[Path]:
-    del config_name
-    path, _, pairs, _ = read_pairs(Path(source_dir))
-    items = [p for pair in pairs for p in pair.items.values() if isinstance(p, Path)]
-    return [path] + [p for p in items if p.is_file()]
-
-  @classmethod
-  def raw_items(cls, source_dir: Path | None) -> dict[str, dict[str, Path | str]]:
-    return {pair.id: dict(pair.items) for pair in read_pairs(Path(source_dir))[2]}
-
-  def read_source(self) -> dict[str, base.Split]:
+  def read_source(self) -> dict[str, Split]:
     path, class_names, pairs, has_split = read_pairs(self._source_dir)
     kept, features = self.extract_raw(pairs)
     labelled = bool(class_names)
-    whole = base.Split(
+    whole = Split(
       features,
       checks.one_hot(np.asarray([p.classes[0] for p in kept]), len(class_names))
       if labelled
@@ -172,10 +159,10 @@ class Manifest(base.PairedBuilder, skip_registration=True):
     )
     if not has_split:
       if labelled:
-        indices = base.split_60_20_20(np.argmax(whole.label, axis=1), str(path))
+        indices = split_60_20_20(np.argmax(whole.label, axis=1), str(path))
       else:
-        train, rest = base.holdout(np.arange(len(kept)), 0.4, None, str(path))
-        validation, test = base.holdout(rest, 0.5, None, str(path))
+        train, rest = holdout(np.arange(len(kept)), 0.4, None, str(path))
+        validation, test = holdout(rest, 0.5, None, str(path))
         indices = {"train": train, "validation": validation, "test": test}
       # The items kept with a note (an image converted to RGB) now have a split to name.
       split_of = {str(whole.ids[row]): split for split, rows in indices.items() for row in rows}
@@ -183,16 +170,16 @@ class Manifest(base.PairedBuilder, skip_registration=True):
         dataclasses.replace(p, split=split_of[p.id]) if p.action == "converted" else p
         for p in self._problems
       ]
-      return {split: base.subset(whole, rows) for split, rows in indices.items()}
+      return {split: subset(whole, rows) for split, rows in indices.items()}
     splits = {}
-    for split in base.SPLITS:
+    for split in SPLITS:
       rows = np.asarray([i for i, p in enumerate(kept) if p.split == split], dtype=np.int64)
       if split != "validation":
         checks.nonempty(len(rows), str(path), split)
       if len(rows):
-        splits[split] = base.subset(whole, rows)
+        splits[split] = subset(whole, rows)
     if "validation" not in splits:
-      splits["train"], splits["validation"] = base.carve_validation(
+      splits["train"], splits["validation"] = carve_validation(
         splits["train"], VALIDATION_FRACTION, str(path)
       )
     return splits

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from mscross.data import base, checks
+from mscross.data.splits import Split, class_name_range, row_ids, split_60_20_20, subset
 from mscross.errors import DataError
 
 # Feature dimension of each view, in the order of the UCI documentation.
@@ -110,7 +111,7 @@ class UciMfeat(base.PairedBuilder, skip_registration=True):
     classes = checks.class_indices(table[:, -1], 0, NUM_CLASSES, str(path))
     return features, classes
 
-  def read_source(self) -> dict[str, base.Split]:
+  def read_source(self) -> dict[str, Split]:
     views = self.builder_config.views
     paths = self.source_files(self._source_dir, self.builder_config.name)
     features, classes = {}, {}
@@ -122,11 +123,11 @@ class UciMfeat(base.PairedBuilder, skip_registration=True):
     first_view, first_path = views[0], paths[0]
     for view, path in zip(views[1:], paths[1:], strict=True):
       checks.same_labels(classes[first_view], classes[view], str(first_path), str(path))
-    everything = base.Split(
+    everything = Split(
       features=features,
       label=checks.one_hot(classes[first_view], NUM_CLASSES),
-      ids=base.row_ids(len(classes[first_view])),
-      class_names=base.class_name_range(NUM_CLASSES),
+      ids=row_ids(len(classes[first_view])),
+      class_names=class_name_range(NUM_CLASSES),
     )
-    parts = base.split_60_20_20(classes[first_view], str(first_path))
-    return {name: base.subset(everything, idx) for name, idx in parts.items()}
+    parts = split_60_20_20(classes[first_view], str(first_path))
+    return {name: subset(everything, idx) for name, idx in parts.items()}

@@ -13,6 +13,7 @@ import numpy as np
 
 from mscross.data import base, checks, raw
 from mscross.data.archive import CATEGORIES_FILE, TEST_LIST, TRAIN_LIST, read_list
+from mscross.data.splits import Split, carve_validation, subset
 from mscross.errors import DataError
 
 IMAGE_DIM = 128
@@ -93,7 +94,7 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
         items[pair_id] = {"text": texts / f"{pair_id.split('/')[0]}.xml"}
     return items
 
-  def read_source(self) -> dict[str, base.Split]:
+  def read_source(self) -> dict[str, Split]:
     paths = checks.require_files(self._source_dir, FILES)
     features_path, train_path, test_path, categories_path = paths
     class_names = _read_categories(categories_path)
@@ -110,7 +111,7 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
       label = checks.one_hot(
         checks.class_indices(classes, 1, NUM_CLASSES, str(list_path)), NUM_CLASSES
       )
-      official[split] = base.Split(
+      official[split] = Split(
         {"image": image, "text": text}, label, np.asarray(ids, dtype=str), class_names
       )
 
@@ -120,14 +121,12 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
         for split, path in (("train", train_path), ("test", test_path))
       }
       official = self._encode_texts(official, where)
-    train, validation = base.carve_validation(
-      official["train"], VALIDATION_FRACTION, str(train_path)
-    )
+    train, validation = carve_validation(official["train"], VALIDATION_FRACTION, str(train_path))
     return {"train": train, "validation": validation, "test": official["test"]}
 
   def _encode_texts(
-    self, official: dict[str, base.Split], where: dict[str, list[str]]
-  ) -> dict[str, base.Split]:
+    self, official: dict[str, Split], where: dict[str, list[str]]
+  ) -> dict[str, Split]:
     """The splits with their text features replaced by the text extractor's, of texts/; `where`
     gives each row's "<list file>:<line>"."""
     texts = self._source_dir / TEXTS_DIR
@@ -145,11 +144,11 @@ class Wikipedia(base.PairedBuilder, skip_registration=True):
       own = [i for i, pair in enumerate(kept) if pair.split == split]
       rows = np.asarray([row_of[kept[i].id] for i in own], dtype=np.int64)
       checks.nonempty(len(rows), str(texts), split)
-      subset = base.subset(data, rows)
-      out[split] = base.Split(
-        {"image": subset.features["image"], "text": features["text"][own]},
-        subset.label,
-        subset.ids,
-        subset.class_names,
+      kept_rows = subset(data, rows)
+      out[split] = Split(
+        {"image": kept_rows.features["image"], "text": features["text"][own]},
+        kept_rows.label,
+        kept_rows.ids,
+        kept_rows.class_names,
       )
     return out

@@ -125,20 +125,21 @@ class _Items:
       return {"kind": kind, "unavailable": " ".join(str(exc).split()), "file": file}
 
 
-def attach(report: dict, raw_items: Mapping[str, Mapping[str, Path | str]], out_dir: str) -> None:
-  """Adds an "item" entry (module docstring) to every shown query and result of `report`, for
-  the modality it is shown in; thumbnails go into `out_dir`/thumbs. Modalities that no raw item
-  has (e.g. Wikipedia's images, which exist as features only) get no entry."""
+def attach(report, raw_items: Mapping[str, Mapping[str, Path | str]], out_dir: str) -> None:
+  """Gives every shown query and result of `report` (a `report_data.Report`) its item entry
+  (module docstring) for the modality it is shown in; thumbnails go into `out_dir`/thumbs.
+  Modalities that no raw item has (e.g. Wikipedia's images, which exist as features only) get
+  no entry."""
   with_items = {m for modalities in raw_items.values() for m in modalities}
-  directions = {d["key"]: d for d in report["directions"]}
+  directions = {d.key: d for d in report.directions}
   items = _Items(out_dir, raw_items)
-  for q in report["examples"]:
-    d = directions[q["direction"]]
-    if d["query"] in with_items:
-      q["item"] = items.entry(q["id"], d["query"])
-    if d["gallery"] in with_items:
-      for r in q["results"]:
-        r["item"] = items.entry(r["id"], d["gallery"])
+  for q in report.examples:
+    d = directions[q.direction]
+    if d.query in with_items:
+      q.item = items.entry(q.id, d.query)
+    if d.gallery in with_items:
+      for r in q.results:
+        r.item = items.entry(r.id, d.gallery)
   prune(out_dir, keep={e["thumb"].split("/")[-1] for e in items.done.values() if "thumb" in e})
 
 

@@ -1,20 +1,14 @@
-"""The public dataset API and the embedded digits_halves dataset."""
+"""The public dataset API (`mscross.data`): listing, resolving and loading datasets."""
 
 import importlib
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 import mscross.data
 from mscross.data import (
   Split,
   available_datasets,
-  base,
   cache,
   dataset_modalities,
   load_split,
@@ -22,13 +16,6 @@ from mscross.data import (
   subset,
 )
 from mscross.errors import DataError, MscrossError
-
-
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-  # Shared by the session, so nothing is written to ~/.cache; every test's own source folder
-  # gets its own fingerprinted entry under it.
-  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mscross-cache"))
 
 
 def test_available_datasets():
@@ -134,58 +121,6 @@ def test_data_error_is_an_mscross_error():
   assert issubclass(DataError, MscrossError)
 
 
-def test_digits_halves():
-  splits = {split: load_split("digits_halves", split) for split in mscross.data.SPLITS}
-  assert {k: len(v.ids) for k, v in splits.items()} == {
-    "train": 1078,
-    "validation": 359,
-    "test": 360,
-  }
-  digits = load_digits()
-  all_ids = []
-  for split in splits.values():
-    assert isinstance(split, Split)
-    assert split.modalities == ("left", "right")
-    left, right = split.features["left"], split.features["right"]
-    assert left.shape[1:] == right.shape[1:] == (32,)
-    assert split.label.shape[1:] == (10,)
-    assert left.dtype == right.dtype == split.label.dtype == np.float32
-    assert left.min() >= 0 and left.max() <= 1
-    np.testing.assert_array_equal(split.label.sum(axis=1), 1)
-    assert split.class_names == tuple(str(c) for c in range(10))
-    rows = split.ids.astype(int)
-    all_ids.extend(rows)
-    images = digits.images[rows] / 16
-    np.testing.assert_allclose(left, images[:, :, :4].reshape(-1, 32), rtol=1e-6)
-    np.testing.assert_allclose(right, images[:, :, 4:].reshape(-1, 32), rtol=1e-6)
-    np.testing.assert_array_equal(np.argmax(split.label, axis=1), digits.target[rows])
-  assert sorted(all_ids) == list(range(1797))
-  # Stratified: every class is 20% +- 1 example of the test split.
-  counts = np.bincount(digits.target)
-  np.testing.assert_allclose(splits["test"].label.sum(axis=0), counts / 5, atol=1)
-
-
-def test_digits_halves_deterministic_across_caches(tmp_path, monkeypatch):
-  first = load_split("digits_halves", "validation")
-  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path / "fresh-cache"))
-  second = load_split("digits_halves", "validation")  # prepared again from scratch
-  assert any((tmp_path / "fresh-cache").rglob("*.array_record*"))
-  np.testing.assert_array_equal(first.features["left"], second.features["left"])
-  np.testing.assert_array_equal(first.label, second.label)
-  np.testing.assert_array_equal(first.ids, second.ids)
-
-
-def test_digits_halves_served_from_cache(monkeypatch):
-  first = load_split("digits_halves", "train")
-
-  def fail(*args, **kwargs):
-    raise AssertionError("source re-read although the cache is valid")
-
-  monkeypatch.setattr(mscross.data.digits_halves.DigitsHalves, "read_source", fail)
-  second = load_split("digits_halves", "train")
-  np.testing.assert_array_equal(first.features["right"], second.features["right"])
-
-
 def test_builder_modules_can_be_imported_twice():
   # Reloading redefines the builder classes under the same names; had they been registered with
   # TFDS by name, that would raise "already registered".
@@ -195,106 +130,3 @@ def test_builder_modules_can_be_imported_twice():
     importlib.reload(module)
   data_path = cache.prepare(digits_halves.DigitsHalves, None, None)
   assert len(cache.read(data_path, "test")) == 360
-
-
-def test_fast_decoder_falls_back_to_tfds_on_mismatch(monkeypatch):
-  expected = load_split("digits_halves", "test")
-
-  def wrong(records, widths):
-    decoded = {key: np.zeros((len(records), width), np.float32) for key, width in widths.items()}
-    return {**decoded, "id": ["?"] * len(records)}
-
-  monkeypatch.setattr(cache, "_decode_direct", wrong)
-  again = load_split("digits_halves", "test")
-  np.testing.assert_array_equal(again.features["left"], expected.features["left"])
-  np.testing.assert_array_equal(again.label, expected.label)
-  np.testing.assert_array_equal(again.ids, expected.ids)
-
-
-def test_losing_a_prepare_race_reads_the_winner(tmp_path, monkeypatch):
-  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path))
-  original = base.PairedBuilder.download_and_prepare
-
-  def lose_race(self, **kwargs):
-    # Another process finishes first; our final rename then fails on the existing folder.
-    twin = type(self)(data_dir=Path(self.data_dir).parents[1], file_format="array_record")
-    original(twin, **kwargs)
-    raise OSError(39, "Directory not empty")
-
-  monkeypatch.setattr(base.PairedBuilder, "download_and_prepare", lose_race)
-  assert len(load_split("digits_halves", "test").ids) == 360
-
-
-# Each child records in prepared.log when it reads the source, then waits until both children
-# are about to load, so that both find the cache cold at the same moment.
-_CHILD = textwrap.dedent(
-  """
-  import sys, time
-  from pathlib import Path
-  import numpy as np
-  from mscross.data import digits_halves, load_split
-
-  tmp, me = Path(sys.argv[1]), sys.argv[2]
-  original = digits_halves.DigitsHalves.read_source
-
-  def read_source(self):
-    with open(tmp / "prepared.log", "a") as log:
-      log.write(me + "\\n")
-    time.sleep(0.5)  # keeps the preparation going while the other child arrives
-    return original(self)
-
-  digits_halves.DigitsHalves.read_source = read_source
-  (tmp / f"ready-{me}").touch()
-  deadline = time.time() + 60
-  while not all((tmp / f"ready-{i}").exists() for i in "01") and time.time() < deadline:
-    time.sleep(0.005)
-  split = load_split("digits_halves", "validation")
-  np.savez(tmp / f"out-{me}.npz", ids=split.ids, label=split.label, **split.features)
-  """
-)
-
-
-def test_processes_preparing_at_once_take_turns(tmp_path, monkeypatch):
-  cache_dir = tmp_path / "cache"
-  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(cache_dir))
-  children = [
-    subprocess.Popen(
-      [sys.executable, "-c", _CHILD, str(tmp_path), me],
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for me in "01"
-  ]
-  for child in children:
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode == 0, stderr
-  assert len((tmp_path / "prepared.log").read_text().split()) == 1  # prepared once
-  assert len(list(cache_dir.rglob("dataset_info.json"))) == 1
-  assert not list(cache_dir.rglob("*.lock"))
-  first, second = (np.load(tmp_path / f"out-{me}.npz") for me in "01")
-  assert sorted(first.files) == ["ids", "label", "left", "right"]
-  for key in first.files:
-    np.testing.assert_array_equal(first[key], second[key])
-  np.testing.assert_array_equal(
-    first["left"], load_split("digits_halves", "validation").features["left"]
-  )
-
-
-def test_lock_is_exclusive_and_cleans_up(tmp_path):
-  lock = tmp_path / "x.lock"
-  with cache._exclusive(lock):
-    assert lock.exists()
-    probe = subprocess.run(
-      [
-        sys.executable,
-        "-c",
-        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR)\n"
-        "try:\n  fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n"
-        "  sys.exit(3)",
-        str(lock),
-      ],
-      timeout=30,
-    )
-    assert probe.returncode == 3  # held: another process cannot take it
-  assert not lock.exists()

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_EXTRACTORS, write_archive
+from helpers import write_archive
+from toy_extractors import TINY_EXTRACTORS
 
 from mscross import data
 from mscross.data import export

@@ -7,14 +7,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import (
-  EXTRACT_CALLS,
-  TINY_EXTRACTORS,
-  TINY_IMAGE_DIM,
-  TINY_TEXT_DIM,
-  write_archive,
-  write_image,
-)
+from helpers import write_archive, write_image
+from toy_extractors import EXTRACT_CALLS, TINY_EXTRACTORS, TINY_IMAGE_DIM, TINY_TEXT_DIM
 
 from mscross import data
 from mscross.errors import ConfigError, DataError

@@ -690,7 +690,7 @@ def test_acmr_random_picks_only_disjoint_negatives_uniformly():
   share = labels @ labels.T > 0
   neg_mask = jnp.asarray(~share & ~np.eye(B, dtype=bool))
   keys = jax.random.split(rng_key(0), 4000)
-  draw = jax.vmap(lambda key: losses._random_negative_indices(key, neg_mask, 6))
+  draw = jax.vmap(lambda key: losses.acmr._random_negative_indices(key, neg_mask, 6))
   picks = np.asarray(jax.jit(draw)(keys))  # [keys, cell, anchor]
   for i in range(B):
     valid = np.flatnonzero(~share[i])

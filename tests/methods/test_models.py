@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import DIMS, NUM_CLASSES, small_config, spec_of
+from helpers import DIMS, NUM_CLASSES, small_config, spec_of
 
 from mscross.methods import models
 from mscross.methods.models import CrossModalNet, DataSpec, ModalityDiscriminator

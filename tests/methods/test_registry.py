@@ -7,7 +7,7 @@ import inspect
 
 import jax.numpy as jnp
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from mscross import dotted, methods, presets
 from mscross.errors import ConfigError

@@ -5,7 +5,7 @@ import json
 import runpy
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from mscross import methods, presets
 from mscross.errors import ConfigError

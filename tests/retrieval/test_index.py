@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import THREE_DIRECTIONS
+from helpers import THREE_DIRECTIONS
 
 from mscross.errors import ConfigError, DataError
 from mscross.retrieval import index as retrieval

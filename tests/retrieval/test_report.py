@@ -12,12 +12,12 @@ from pathlib import Path
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import ap_reference, cosine64
+from helpers import ap_reference, cosine64
 
 from mscross import metrics
-from mscross.data.base import Split
+from mscross.data.splits import Split
 from mscross.errors import ConfigError, DataError
-from mscross.retrieval import report
+from mscross.retrieval import report, report_data, report_pages
 
 NUM_QUERIES = 3
 LABELLED_FILES = [
@@ -214,7 +214,7 @@ def test_html_parses_and_marks_hits(written, case):
     assert f'id="{key}-' in chunk and html.escape(f"{q} \u2192 {g}") in chunk
     query = row_of[html.unescape(re.search(r"<h3>.*?<code>(.*?)</code>", chunk).group(1))]
     rows = re.findall(r'<tr class="(hit|miss)">(.*?)</tr>', chunk, flags=re.S)
-    assert len(rows) == report.TOP_RESULTS
+    assert len(rows) == report_data.TOP_RESULTS
     # The shown results are the top 10 of a stable argsort of the similarities.
     expected = np.argsort(-cosine64(emb[q][query : query + 1], emb[g])[0], kind="stable")[:10]
     shown = [row_of[html.unescape(re.search(r"<code>(.*?)</code>", c).group(1))] for _, c in rows]
@@ -225,7 +225,7 @@ def test_html_parses_and_marks_hits(written, case):
       else:
         hit = item == query
       assert (cls == "hit") == hit
-      assert (report.HIT_MARK if hit else report.MISS_MARK) in cells
+      assert (report_pages.HIT_MARK if hit else report_pages.MISS_MARK) in cells
       assert ("(its pair)" in cells) == (item == query)
   ranks = [int(r) for r in re.findall(r'<tr class="(?:hit|miss)"><td class="num">(\d+)', page)]
   assert ranks == list(range(1, 11)) * len(sections)

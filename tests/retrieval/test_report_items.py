@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_EXTRACTORS, bench_module, trainer_config, write_archive, write_image
+from helpers import bench_module, trainer_config, write_archive, write_image
+from toy_extractors import TINY_EXTRACTORS
 
 from mscross import metrics
-from mscross.data.base import Split
+from mscross.data.splits import Split
 from mscross.retrieval import report, report_items
 
 N = 12

@@ -6,7 +6,7 @@ Recall@k and MRR)."""
 import jax
 import numpy as np
 import pytest
-from conftest import small_config, spec_of, synthetic_split
+from helpers import small_config, spec_of, synthetic_split
 
 from mscross.methods import models
 from mscross.runs import embedding, settings

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import synthetic_split
+from helpers import synthetic_split
 
 from mscross.errors import DataError
 from mscross.runs.inputs import Normalizer

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import trainer_config
+from helpers import trainer_config
 
 from mscross.retrieval import trained
 from mscross.runs import layout

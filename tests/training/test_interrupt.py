@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 import mscross
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
   REPO,
   TINY_FLAGS,
   flat,
@@ -256,7 +256,7 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 def _env(**extra):
   flags = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
-  # The scripts import the shared test builders (tests/conftest.py).
+  # The scripts import the shared test builders (tests/helpers.py).
   path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))
   env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": flags, "PYTHONPATH": path}
   return {**env, **extra}

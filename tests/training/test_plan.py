@@ -5,7 +5,7 @@ import dataclasses
 import json
 
 import pytest
-from conftest import spec_of
+from helpers import spec_of
 
 from mscross import presets
 from mscross.errors import ConfigError

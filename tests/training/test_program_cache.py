@@ -3,7 +3,7 @@ tracing, and computes exactly what the traced loop computes."""
 
 import jax
 import numpy as np
-from conftest import flat, program_of, small_config, spec_of, synthetic_split
+from helpers import flat, program_of, small_config, spec_of, synthetic_split
 
 from mscross.training import loop
 

@@ -5,7 +5,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY_EXTRACTORS, trainer_config, write_archive, write_image
+from helpers import trainer_config, write_archive, write_image
+from toy_extractors import TINY_EXTRACTORS
 
 import mscross
 from mscross import data

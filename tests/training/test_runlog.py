@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import small_config, spec_of
+from helpers import small_config, spec_of
 from tensorboardX.proto import event_pb2
 
 from mscross.runs import layout

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import batch_of, flat, member, program_of, small_config, spec_of, synthetic_split
+from helpers import batch_of, flat, member, program_of, small_config, spec_of, synthetic_split
 
 from mscross.methods import losses
 from mscross.training import batches, loop

@@ -9,7 +9,7 @@ import signal
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import trainer_config
+from helpers import trainer_config
 
 from mscross.errors import CheckpointError, ConfigError
 from mscross.methods import registry

@@ -18,7 +18,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from mscross import data, dotted
 from mscross.errors import ConfigError, DataError

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 from mscross import config as config_lib
 from mscross import data, dotted, methods, presets, tuning

@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import REPO, free_port
+from helpers import REPO, free_port
 
 from mscross import config as config_lib
 from mscross import tuning

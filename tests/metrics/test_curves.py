@@ -3,7 +3,7 @@ loops over their definitions, and against the ranking metrics they must agree wi
 
 import numpy as np
 import pytest
-from conftest import ap_reference, cosine64
+from helpers import ap_reference, cosine64
 
 from mscross import metrics
 from mscross.errors import ConfigError, DataError

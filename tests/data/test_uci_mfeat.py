@@ -16,13 +16,6 @@ needs_real_data = pytest.mark.data(
 DIMS = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-  # Shared by the session, so nothing is written to ~/.cache; every test's own source folder
-  # gets its own fingerprinted entry under it.
-  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mscross-cache"))
-
-
 def write_view(root: Path, view: str, rows: int = 100, seed: int = 0) -> np.ndarray:
   """Writes root/uci_mfeat/mfeat-<view>.csv in the release layout; returns its table."""
   folder = root / "uci_mfeat"

@@ -12,7 +12,7 @@ exactly. Sizes stay within a few shape buckets, as each new bucket costs a compi
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ap_reference
+from helpers import ap_reference
 from sklearn.metrics import average_precision_score
 
 from mscross import metrics

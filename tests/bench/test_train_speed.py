@@ -10,7 +10,7 @@ import json
 import sys
 
 import pytest
-from conftest import bench_module
+from helpers import bench_module
 
 from mscross import presets
 

@@ -3,7 +3,7 @@ told apart by one coordinate, and modalities whose embeddings are the same vecto
 
 import numpy as np
 import pytest
-from conftest import bench_module
+from helpers import bench_module
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bench_module
+from helpers import bench_module
 
 from mscross import cli
 

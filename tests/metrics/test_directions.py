@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import THREE_DIRECTIONS
+from helpers import THREE_DIRECTIONS
 from sklearn.metrics import average_precision_score
 
 from mscross import metrics

@@ -14,13 +14,6 @@ from mscross.errors import DataError
 D_IMG, D_TXT, C = 12, 7, 4
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-  # Shared by the session, so nothing is written to ~/.cache; every test's own source folder
-  # gets its own fingerprinted entry under it.
-  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mscross-cache"))
-
-
 def _save(folder: Path, name: str, array: np.ndarray, key: str | None = None) -> None:
   scipy.io.savemat(folder / f"{name}.mat", {key or name: array})
 

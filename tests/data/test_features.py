@@ -15,13 +15,6 @@ WIDTHS = {"audio": 5, "image": 7, "text": 3}
 C = 4
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-  # Shared by the session, so nothing is written to ~/.cache; every test's own source folder
-  # gets its own fingerprinted entry under it.
-  monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "mscross-cache"))
-
-
 def make_arrays(n: int, seed: int = 0, labels: str | None = "ids") -> dict[str, np.ndarray]:
   """Random features per modality plus labels: "ids" (class ids), "multi" (0/1 rows) or None."""
   rng = np.random.default_rng(seed)
