@@ -14,7 +14,7 @@ import pytest
 from helpers import REPO, free_port
 
 from mscross import config as config_lib
-from mscross import tuning
+from mscross import presets, tuning
 
 pytestmark = pytest.mark.slow
 TINY = (
@@ -211,22 +211,35 @@ def test_a_workdir_reused_for_another_study_never_resumes_its_runs(postgres_serv
   assert run_dirs[0] != run_dirs[1] and all(str(workdir) in d for d in run_dirs)
 
 
-@pytest.mark.parametrize("wrong", ["password", "database", "port", "driver"])
-def test_a_storage_that_cannot_be_opened_is_one_error_line(postgres_server, tmp_path, wrong):
-  url = {
+def test_a_storage_that_cannot_be_opened_is_one_error_line(postgres_server, tmp_path):
+  wrong = {
     "password": postgres_server.url("postgres", password="not-the-password"),
     "database": postgres_server.url("no_such_database"),
     "port": f"postgresql+psycopg://mscross:pw@127.0.0.1:{free_port()}/postgres",
     "driver": postgres_server.url("postgres").replace("+psycopg", "+nosuchdriver"),
-  }[wrong]
+  }
+  # tune.py end to end for one of them: one `error:` line and exit status 2.
   proc = subprocess.run(
-    tune_cmd(tmp_path, url, 1), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300
+    tune_cmd(tmp_path / "cli", wrong["password"], 1),
+    cwd=REPO,
+    env=ENV,
+    capture_output=True,
+    text=True,
+    timeout=300,
   )
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1, proc.stderr[-2000:]
   assert lines[0].startswith("error: cannot open the study's storage postgresql+")
   assert "not-the-password" not in proc.stderr and "s3cret" not in proc.stderr
+  # Every kind of wrong URL is the one-line StorageError that tune.py prints, password masked.
+  config = presets.build("mnsgan", "digits_halves")
+  for kind, url in wrong.items():
+    with pytest.raises(tuning.StorageError) as caught:
+      tuning.tune(config, str(tmp_path / kind), trials=1, storage=url, progress=lambda _: None)
+    message = str(caught.value)
+    assert message.startswith("cannot open the study's storage postgresql+"), (kind, message)
+    assert "\n" not in message and "not-the-password" not in message and "s3cret" not in message
 
 
 def test_a_lost_connection_is_retried_and_said_once_a_fault_is_not():
