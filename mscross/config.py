@@ -71,8 +71,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.activate_final = True
   c.model.shared_activate_final = True
   c.model.classifier_input = "common"  # or "concat" ([specific; common], MS2GAN)
-  c.model.retrieval = "common"  # or "joint" ([n(specific); mu * n(common)], MS2GAN)
+  # What is ranked: "common", "joint" ([n(specific); mu * n(common)], MS2GAN) or "label" (the
+  # classifier's predicted distribution, as semantic matching ranks); with `label_weight` > 0,
+  # common or joint are fused with the predicted distribution at that weight.
+  c.model.retrieval = "common"
   c.model.mu = 1.0
+  c.model.label_weight = 0.0
+  # Dropout rates, in training only: of the inputs, and of every hidden layer's activations.
+  c.model.dropout_input = 0.0
+  c.model.dropout_hidden = 0.0
   # "bfloat16": Dense layers compute in bfloat16; params, optimiser state and losses stay float32.
   c.model.dtype = "float32"
 
@@ -105,6 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.5
   c.optim.b2 = 0.999
   c.optim.grad_clip = 0.0  # 0: off
+  # Decoupled weight decay of the generator's kernels (AdamW): params -= lr * decay * params.
+  c.optim.weight_decay = 0.0
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64
@@ -117,6 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.keep_checkpoints = 2
   # Consecutive non-finite steps tolerated before a member stops at its last good state.
   c.train.max_nonfinite = 20
+  # Exponential moving average of the generator's weights (0: off): when on, the average is
+  # what evaluation, selection and the best checkpoint use.
+  c.train.ema_decay = 0.0
 
   # Populations (mscross/training/plan.py): `size` members trained in one program, vmapped over a
   # leading axis of the train state. Members differ by seed (seed + m) unless `vary_seed` is
@@ -219,7 +231,16 @@ def validate(config) -> None:
   _choice("model.activation", m.activation, ("tanh", "relu", "leaky_relu", "sigmoid", "none"))
   _choice("disc.activation", config.disc.activation, ("tanh", "relu", "leaky_relu", "sigmoid"))
   _choice("model.classifier_input", m.classifier_input, ("common", "concat"))
-  _choice("model.retrieval", m.retrieval, ("common", "joint"))
+  _choice("model.retrieval", m.retrieval, ("common", "joint", "label"))
+  for key in ("dropout_input", "dropout_hidden"):
+    if not 0.0 <= m[key] < 1.0:
+      raise ConfigError(f"config.model.{key} must be in [0, 1), got {m[key]!r}")
+  if m.label_weight < 0:
+    raise ConfigError(f"config.model.label_weight must be >= 0, got {m.label_weight!r}")
+  if config.optim.weight_decay < 0:
+    raise ConfigError(f"config.optim.weight_decay must be >= 0, got {config.optim.weight_decay}")
+  if not 0.0 <= config.train.ema_decay < 1.0:
+    raise ConfigError(f"config.train.ema_decay must be in [0, 1), got {config.train.ema_decay}")
   _choice("model.dtype", m.dtype, ("float32", "bfloat16"))
 
   a = config.adv
@@ -266,7 +287,33 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"{path} does not hold a config (a JSON object)")
   config = ml_collections.ConfigDict(_tuples(raw))
   check_renamed(_keys(config), path)
-  return config
+  return with_defaults(config)
+
+
+def with_defaults(config) -> ml_collections.ConfigDict:
+  """`config` with every key it lacks filled in with its default: the schema's, and each loss
+  term's options from the term's signature. A config saved before a key was added (an old
+  workdir's config.json) so reads as the config it was, since every new key's default keeps
+  the earlier behaviour."""
+  from mscross.methods import registry
+
+  full = base_config()
+  with full.unlocked():
+    _merge(full, config)
+    for name in full.loss.keys():
+      try:
+        full.loss[name] = registry.complete_options(name, full.loss[name])
+      except ConfigError:
+        pass  # an unknown term or option: the plan names it, in one line
+  return full
+
+
+def _merge(into, config) -> None:
+  for key, value in config.items():
+    if dotted.is_node(value) and key in into and dotted.is_node(into[key]) and len(into[key]):
+      _merge(into[key], value)
+    else:
+      into[key] = value.to_dict() if hasattr(value, "to_dict") else value
 
 
 def _tuples(value):

@@ -22,7 +22,8 @@ return float32, so the losses and the discriminator's loss are always computed i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import chex
@@ -77,6 +78,32 @@ def _dense(features: int, dtype: Any, name: str | None = None) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+# (where, x) -> x with some entries zeroed and the rest scaled up: dropout, as `dropout` makes it.
+Dropout = Callable[[str, jax.Array], jax.Array]
+
+
+def dropout(rng: jax.Array, rate, axis_name: str | None = None) -> Dropout:
+  """Inverted dropout at `rate` (may be traced): each entry is kept with probability 1 - rate
+  and scaled by 1 / (1 - rate). Every call site, named by `where`, draws its own mask from
+  `rng`. With `axis_name` (inside `shard_map` over a batch-sharded mesh axis) the mask is drawn
+  for the global batch and this device's rows taken, so a batch is dropped alike on any number
+  of devices."""
+
+  def drop(where: str, x: jax.Array) -> jax.Array:
+    key = jax.random.fold_in(rng, zlib.crc32(where.encode()) & 0x7FFFFFFF)
+    if axis_name is None:
+      keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    else:
+      local = x.shape[0]
+      full = jax.random.bernoulli(
+        key, 1.0 - rate, (local * jax.lax.axis_size(axis_name), *x.shape[1:])
+      )
+      keep = jax.lax.dynamic_slice_in_dim(full, jax.lax.axis_index(axis_name) * local, local)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x)).astype(x.dtype)
+
+  return drop
+
+
 class MLP(nn.Module):
   """Dense layers with one activation; `activate_final=False` leaves the last layer linear."""
 
@@ -86,12 +113,15 @@ class MLP(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, hidden_dropout: Dropout | None = None) -> jax.Array:
+    """`hidden_dropout` drops the activations of every layer but the last (training only)."""
     act = ACTIVATIONS[self.activation]
     for i, width in enumerate(self.features):
       x = _dense(width, self.dtype, name=f"dense_{i}")(x)
       if i < len(self.features) - 1 or self.activate_final:
         x = act(x)
+      if hidden_dropout is not None and i < len(self.features) - 1:
+        x = hidden_dropout(f"{self.name}/{i}", x)
     return x
 
 
@@ -113,7 +143,8 @@ class CrossModalNet(nn.Module):
 
   `__call__(inputs)` takes {modality: [B, d_m]} (every modality, or a subset: then only those are
   encoded) and returns a dict of float32 arrays (whatever `dtype` is), stacked over the given
-  modalities in `modalities` order:
+  modalities in `modalities` order (training may pass `input_dropout` for the inputs and
+  `hidden_dropout` for every hidden layer of the encoders and the common net):
     spec [K, B, d_s]: encoder outputs (modality-specific features);
     emb [K, B, d]: common embeddings (the discriminator's input);
     logits [K, B, C]: label classifier outputs (only when num_classes > 0).
@@ -130,7 +161,13 @@ class CrossModalNet(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, inputs: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  def __call__(
+    self,
+    inputs: Mapping[str, jax.Array],
+    *,
+    input_dropout: Dropout | None = None,
+    hidden_dropout: Dropout | None = None,
+  ) -> dict[str, jax.Array]:
     unknown = set(inputs) - set(self.modalities)
     if unknown or not inputs:
       raise ValueError(f"expected inputs of {self.modalities}, got {sorted(inputs)}")
@@ -140,9 +177,13 @@ class CrossModalNet(nn.Module):
     xs = [inputs[m] for m, _ in present]
     chex.assert_rank(xs, 2)
     chex.assert_equal_shape_prefix(xs, 1)
+    if input_dropout is not None:
+      xs = [input_dropout(f"input_{m}", x) for (m, _), x in zip(present, xs, strict=True)]
     spec = jnp.stack(
       [
-        MLP(layers, self.activation, self.activate_final, self.dtype, name=f"encoder_{m}")(x)
+        MLP(layers, self.activation, self.activate_final, self.dtype, name=f"encoder_{m}")(
+          x, hidden_dropout
+        )
         for (m, layers), x in zip(present, xs, strict=True)
       ]
     )
@@ -155,7 +196,7 @@ class CrossModalNet(nn.Module):
         self.dtype,
         name="common",
       )
-      emb = common(spec)
+      emb = common(spec, hidden_dropout)
     out = {"spec": spec, "emb": emb}
     if self.num_classes:
       cls_in = jnp.concatenate([spec, emb], axis=-1) if self.classifier_input == "concat" else emb
@@ -249,17 +290,33 @@ def init_generator(net: CrossModalNet, spec: DataSpec, seed: int = 0) -> dict:
   return net.init(k_gen, dummy)["params"]
 
 
-def retrieval_embeddings(out: dict[str, jax.Array], *, kind: str, mu=1.0) -> jax.Array:
+RETRIEVAL_KINDS = ("common", "joint", "label")
+
+
+def retrieval_embeddings(
+  out: dict[str, jax.Array], *, kind: str, mu=1.0, label_weight=0.0
+) -> jax.Array:
   """The embeddings that are ranked at retrieval time, [K, B, e].
 
   Args:
     out: `CrossModalNet` outputs.
     kind: "common" ranks the common embeddings; "joint" ranks
-      [normalize(specific); mu * normalize(common)] (MS2GAN's joint retrieval).
+      [normalize(specific); mu * normalize(common)] (MS2GAN's joint retrieval); "label" ranks
+      the classifier's predicted distribution softmax(logits), as semantic matching does.
     mu: weight of the common part in "joint" (may be traced).
+    label_weight: with "common" or "joint", the weight of the predicted distribution fused with
+      them: [normalize(ranked); label_weight * normalize(softmax(logits))] (may be traced); a
+      Python 0 (the default) fuses nothing.
   """
+  if kind == "label":
+    return jax.nn.softmax(out["logits"], axis=-1)
   if kind == "common":
-    return out["emb"]
-  if kind == "joint":
-    return jnp.concatenate([normalize(out["spec"]), mu * normalize(out["emb"])], axis=-1)
-  raise ValueError(f"retrieval must be 'common' or 'joint', got {kind!r}")
+    ranked = out["emb"]
+  elif kind == "joint":
+    ranked = jnp.concatenate([normalize(out["spec"]), mu * normalize(out["emb"])], axis=-1)
+  else:
+    raise ValueError(f"retrieval must be one of {RETRIEVAL_KINDS}, got {kind!r}")
+  if isinstance(label_weight, int | float) and label_weight == 0:
+    return ranked
+  predicted = normalize(jax.nn.softmax(out["logits"], axis=-1))
+  return jnp.concatenate([normalize(ranked), label_weight * predicted], axis=-1)

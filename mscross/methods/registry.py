@@ -150,9 +150,9 @@ def _ms2gan_difference(out, batch, *, params, rng, kind: str = "large_margin", *
   return sum(diff(f, s) for f, s in zip(out["spec"], out["emb"], strict=True))
 
 
-@loss_term("dscmr_label", needs_labels=True)
-def _dscmr_label(out, batch, *, params, rng):
-  return losses.dscmr_label_loss(out["logits"], batch["label"])
+@loss_term("dscmr_label", options_of=(losses.dscmr_label_loss,), needs_labels=True)
+def _dscmr_label(out, batch, *, params, rng, **options):
+  return losses.dscmr_label_loss(out["logits"], batch["label"], **options)
 
 
 @loss_term("dscmr_pairwise")
@@ -187,6 +187,9 @@ class Param:
   log: bool = False
   choices: tuple | None = None
   apply: Callable | None = None
+  # Settings of the label classifier's predictions (retrieval in label space, smoothing of the
+  # label loss): searched on labelled data only.
+  needs_labels: bool = False
 
   def __post_init__(self):
     if (self.choices is None) == (self.low is None or self.high is None):
@@ -217,6 +220,8 @@ class Method:
   own_space: tuple[Param, ...]
   set_embedding_width: Callable  # (config, width of the common embedding) -> None
   set_hidden_width: Callable  # (config, width of the hidden layers) -> None
+  retrieval: str = "common"  # what the method ranks (`model.retrieval`)
+  label_term: str = "label"  # its label-prediction loss term
 
   @property
   def search_space(self) -> tuple[Param, ...]:
@@ -228,6 +233,15 @@ class Method:
       Param("hidden_width", choices=(128, 256, 512, 1024), apply=self.set_hidden_width),
       Param("loss.reg.weight", 1e-7, 1e-2, log=True),
       Param("train.batch_size", choices=(32, 64, 128)),
+      # Regularisation and averaging, the same for every method; each range holds its "off".
+      Param("model.dropout_input", 0.0, 0.5),
+      Param("model.dropout_hidden", 0.0, 0.5),
+      Param("optim.weight_decay", 0.0, 0.1),
+      Param("train.ema_decay", choices=(0.0, 0.99, 0.999)),
+      # Retrieval in label space: the predicted labels alone, or fused with what the method ranks.
+      Param("model.retrieval", choices=(self.retrieval, "label"), needs_labels=True),
+      Param("model.label_weight", 0.0, 2.0, needs_labels=True),
+      Param(f"loss.{self.label_term}.smoothing", 0.0, 0.3, needs_labels=True),
     ]
     if self.adversarial:
       shared += [
@@ -344,6 +358,7 @@ METHODS: dict[str, Method] = {
       ),
       _setter(("model.encoder_width", 0), ("model.shared_layers", 2)),
       _HIDDEN,
+      retrieval="joint",
     ),
     Method(
       "dscmr",
@@ -356,6 +371,7 @@ METHODS: dict[str, Method] = {
       ),
       _setter(("model.shared_layers", 1)),
       _WIDTH,
+      label_term="dscmr_label",
     ),
   )
 }

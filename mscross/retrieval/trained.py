@@ -59,7 +59,9 @@ class Workdir:
     self.step, self.gen, self.meta = checkpoints.restore_best_generator(
       path, self.net, self.spec, self.size
     )
-    self.embed_fn = embedding.make_embed_fn(self.retrieval.kind, self.net)
+    self.embed_fn = embedding.make_embed_fn(
+      self.retrieval.kind, self.net, fused=self.retrieval.fused
+    )
     self._splits: dict[str, data.Split] = {}
 
   @property
@@ -98,7 +100,7 @@ class TrainedModel:
     self.config, self.spec = workdir.config, workdir.spec
     self.params = jax.tree.map(lambda x: x[member], workdir.gen)
     self.step = workdir.best_step(member)
-    self.mu = workdir.retrieval.mu[member]
+    self.mix = (workdir.retrieval.mu[member], workdir.retrieval.label_weight[member])
 
   @property
   def modalities(self) -> tuple[str, ...]:
@@ -113,7 +115,7 @@ class TrainedModel:
     one = data.Split(
       features={modality: x}, label=None, ids=np.arange(len(x)).astype(str), class_names=()
     )
-    return embedding.embed_split(self.workdir.embed_fn, self.params, one, self.mu)[0]
+    return embedding.embed_split(self.workdir.embed_fn, self.params, one, *self.mix)[0]
 
   def features_of(self, modality: str, items) -> np.ndarray:
     """Features [N, d] of raw items of `modality` (image files; texts, or text files as
@@ -136,11 +138,11 @@ class TrainedModel:
 
   def embed(self, split: data.Split) -> dict[str, np.ndarray]:
     """{modality: [N, e]} of a TRANSFORMED split (`Workdir.split`)."""
-    emb = embedding.embed_split(self.workdir.embed_fn, self.params, split, self.mu)
+    emb = embedding.embed_split(self.workdir.embed_fn, self.params, split, *self.mix)
     return dict(zip(split.modalities, emb, strict=True))
 
   def metrics(self, split: data.Split) -> dict[str, float]:
-    emb = embedding.embed_split(self.workdir.embed_fn, self.params, split, self.mu)
+    emb = embedding.embed_split(self.workdir.embed_fn, self.params, split, *self.mix)
     return self.workdir.evaluation.metrics(emb, split)
 
   def index(self, modality: str, features, *, ids=None, labels=None, transformed=False):

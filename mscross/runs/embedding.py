@@ -17,25 +17,25 @@ from mscross.methods import models
 EMBED_BATCH = 4096
 
 
-def make_embed_fn(kind: str, net: models.CrossModalNet) -> Callable:
-  """jitted (gen_params, inputs {modality: [N, d]}, mu) -> [K, N, e], the ranked embeddings of
-  retrieval `kind` ("common" or "joint", `settings.Retrieval`)."""
-
-  def embed(gen_params, inputs, mu):
+def _embed(kind: str, net: models.CrossModalNet, fused: bool) -> Callable:
+  def embed(gen_params, inputs, mu, label_weight):
     out = net.apply({"params": gen_params}, inputs)
-    return models.retrieval_embeddings(out, kind=kind, mu=mu)
+    weight = label_weight if fused else 0.0
+    return models.retrieval_embeddings(out, kind=kind, mu=mu, label_weight=weight)
 
-  return jax.jit(embed)
+  return embed
 
 
-def make_population_embed_fn(kind: str, net: models.CrossModalNet) -> Callable:
-  """jitted (gen_params [P, ...], inputs, mu [P]) -> [P, K, N, e]."""
+def make_embed_fn(kind: str, net: models.CrossModalNet, *, fused: bool = False) -> Callable:
+  """jitted (gen_params, inputs {modality: [N, d]}, mu, label_weight) -> [K, N, e], the ranked
+  embeddings of retrieval `kind` (`settings.Retrieval`); `fused`: the predicted labels are fused
+  in at `label_weight`."""
+  return jax.jit(_embed(kind, net, fused))
 
-  def embed(gen_params, inputs, mu):
-    out = net.apply({"params": gen_params}, inputs)
-    return models.retrieval_embeddings(out, kind=kind, mu=mu)
 
-  return jax.jit(jax.vmap(embed, in_axes=(0, None, 0)))
+def make_population_embed_fn(kind: str, net: models.CrossModalNet, *, fused: bool = False):
+  """jitted (gen_params [P, ...], inputs, mu [P], label_weight [P]) -> [P, K, N, e]."""
+  return jax.jit(jax.vmap(_embed(kind, net, fused), in_axes=(0, None, 0, 0)))
 
 
 def batches_of(split: data.Split):
@@ -44,7 +44,9 @@ def batches_of(split: data.Split):
     yield {m: jnp.asarray(x[start : start + EMBED_BATCH]) for m, x in split.features.items()}
 
 
-def embed_split(embed_fn, gen_params, split: data.Split, mu) -> np.ndarray:
+def embed_split(embed_fn, gen_params, split: data.Split, mu, label_weight) -> np.ndarray:
   """Embeddings [..., K, N, e] of a (transformed) split, in batches of EMBED_BATCH rows."""
-  parts = [np.asarray(embed_fn(gen_params, inputs, mu)) for inputs in batches_of(split)]
+  parts = [
+    np.asarray(embed_fn(gen_params, inputs, mu, label_weight)) for inputs in batches_of(split)
+  ]
   return np.concatenate(parts, axis=-2)

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 
-from mscross import metrics
+from mscross import dotted, metrics
 from mscross.data import Split
 from mscross.errors import ConfigError
 
@@ -75,14 +75,23 @@ def population_sweep(config) -> dict[str, list[float]]:
 
 @dataclasses.dataclass(frozen=True)
 class Retrieval:
-  """What is ranked (`config.model.retrieval`): the common embeddings, or MS2GAN's joint
-  [n(specific); mu * n(common)], with each member's `mu`."""
+  """What is ranked (`config.model.retrieval`): the common embeddings, MS2GAN's joint
+  [n(specific); mu * n(common)] or the predicted labels, with each member's `mu`, and the
+  weight each fuses the predicted labels in at (`model.label_weight`)."""
 
   kind: str
   mu: tuple[float, ...]  # per member
+  label_weight: tuple[float, ...]  # per member
+
+  @property
+  def fused(self) -> bool:
+    return any(w != 0 for w in self.label_weight)
 
   @classmethod
   def of(cls, config) -> Retrieval:
     size = int(config.population.size)
-    mu = population_sweep(config).get("model.mu", [config.model.mu] * size)
-    return cls(config.model.retrieval, tuple(float(m) for m in mu))
+    sweep = population_sweep(config)
+    per_member = lambda key: tuple(
+      float(v) for v in sweep.get(key, [dotted.get(config, key)] * size)
+    )
+    return cls(config.model.retrieval, per_member("model.mu"), per_member("model.label_weight"))

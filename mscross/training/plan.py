@@ -13,12 +13,14 @@ Populations: a population of P members is one train state with a leading member 
 differ in their seed (`seed + m`, unless `population.vary_seed` is off) and in the continuous
 hyperparameters listed in `population.hparams`, a JSON object
 {"dotted.key": [value of member 0, value of member 1, ...]}. Only TRACED keys may differ: the
-learning rates, the adversary's weight, `model.mu`, and each active loss term's weight and float
-options. These enter the step as a pytree of float32 scalars (`RunPlan.hparams`), never as
-constants of the program, so one compilation serves every value, and a later run of other values
-(JAX's persistent compilation cache then skips compiling). The run's length `train.steps` is
-traced too (the DANN schedule depends on it). A float setting that is 0.0 for every member stays a
-Python constant: a zero often switches work off (MNS-GAN's intra-modal term), which a traced value
+learning rates, the weight decay, the adversary's weight and ramp, `model.mu` and
+`model.label_weight`, the dropout rates, the weights' EMA decay, and each active loss term's
+weight and float options. These enter the step as a pytree of float32 scalars (`HParams`),
+never as constants of the program, so one compilation serves every value, and a later run of
+other values (JAX's persistent compilation cache then skips compiling). The run's length
+`train.steps` is traced too (the DANN schedule depends on it). A float setting that is 0.0 for
+every member stays a Python constant: a zero often switches work off (MNS-GAN's intra-modal term,
+dropout, weight decay, the weights' average), which a traced value
 could not. Everything else (widths, batch size, strings, ints) fixes the program's shape.
 """
 
@@ -40,7 +42,18 @@ from mscross.methods.models import Architecture, DataSpec
 from mscross.runs.inputs import DataSource
 from mscross.runs.settings import Evaluation, population_sweep
 
-BASE_TRACED = ("optim.lr", "optim.disc_lr", "adv.weight", "adv.ramp_steps", "model.mu")
+BASE_TRACED = (
+  "optim.lr",
+  "optim.disc_lr",
+  "optim.weight_decay",
+  "adv.weight",
+  "adv.ramp_steps",
+  "model.mu",
+  "model.label_weight",
+  "model.dropout_input",
+  "model.dropout_hidden",
+  "train.ema_decay",
+)
 RUN_LENGTH = "train.steps"
 STEP_METRICS = ("loss_emb", "loss_adv", "loss_disc", "lambda", "grad_norm_gen", "grad_norm_disc")
 
@@ -172,6 +185,17 @@ class RunPlan:
     return self.adversary.enabled
 
   @property
+  def ema(self) -> bool:
+    """Whether the state keeps an average of the generator's weights (some member's
+    `train.ema_decay` is not 0), which evaluation, selection and the best checkpoint use."""
+    return "train.ema_decay" in self.hparams.traced
+
+  @property
+  def label_fused(self) -> bool:
+    """Whether the ranked embeddings fuse the predicted label distribution (`label_weight`)."""
+    return "model.label_weight" in self.hparams.traced
+
+  @property
   def metric_names(self) -> tuple[str, ...]:
     return (*STEP_METRICS, *(f"loss_{t.name}" for t in self.terms))
 
@@ -284,6 +308,11 @@ def _check_data(config, spec: DataSpec) -> None:
         f"config.{section} names {', '.join(unknown)}, which the dataset "
         f"{config.data.name!r} does not have (its modalities: {', '.join(modalities)})"
       )
+  if spec.num_classes == 0 and (config.model.retrieval == "label" or config.model.label_weight):
+    raise ConfigError(
+      "config.model.retrieval=label and config.model.label_weight rank the predicted labels, "
+      f"but the training data has none (data.labels={config.data.labels})"
+    )
   metric = config.eval.select_metric
   prefix = metric.split("_", 1)[0]
   directions = [key for key, _, _ in metrics.direction_names(tuple(modalities))]

@@ -42,12 +42,16 @@ class Program:
   def init_state(self) -> step.TrainState:
     """The population's initial state: every member's seed and traced hyperparameters."""
     p = self.plan
-    return step.init_population(self.net, self.disc, p.spec, self.txs, p.seeds, p.hparams.initial())
+    return step.init_population(
+      self.net, self.disc, p.spec, self.txs, p.seeds, p.hparams.initial(), ema=p.ema
+    )
 
   @property
-  def mu(self) -> jnp.ndarray:
-    """float32 [P]: each member's weight of the common part in joint retrieval."""
-    return jnp.asarray(self.plan.hparams.of("model.mu"))
+  def mix(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """float32 [P] twice: each member's `mu` (the common part in joint retrieval) and
+    `label_weight` (the predicted labels fused in), as the embedding function takes them."""
+    h = self.plan.hparams
+    return jnp.asarray(h.of("model.mu")), jnp.asarray(h.of("model.label_weight"))
 
   def member_step(self) -> Callable:
     """One member's step without a device mesh (`jax.jit` it, lower it, or vmap it)."""
@@ -80,6 +84,6 @@ def build(plan: RunPlan, num_examples: int, *, cache_dir: str | None = None) -> 
     program_key=plan.program_key,
     cache_dir=cache_dir,
   )
-  embed = embedding.make_population_embed_fn(plan.retrieval, net)
+  embed = embedding.make_population_embed_fn(plan.retrieval, net, fused=plan.label_fused)
   disc_accuracy = evaluation.make_population_disc_accuracy_fn(net, disc)
   return Program(plan, net, disc, txs, mesh, step_fn, train_loop, embed, disc_accuracy)

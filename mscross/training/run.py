@@ -112,10 +112,16 @@ def advance(run: RunState, program: Program, data, num_steps: int) -> tuple[RunS
   return run, records
 
 
+def selected(run: RunState, program: Program):
+  """The generator weights a run evaluates, selects and keeps: the weights' average when the plan
+  keeps one (`train.ema_decay`), else the weights themselves."""
+  return run.state.ema if program.plan.ema else run.state.params["gen"]
+
+
 def scores(program: Program, gen, split, members) -> list[dict | None]:
   """Each member's metrics on a (transformed) split with generators `gen` [P, ...] (host-local),
   None for the members that `members` [P] leaves out."""
-  emb = embedding.embed_split(program.embed, gen, split, program.mu)
+  emb = embedding.embed_split(program.embed, gen, split, *program.mix)
   return [
     program.plan.evaluation.metrics(emb[i], split) if keep else None
     for i, keep in enumerate(members)
@@ -131,11 +137,11 @@ def evaluate(
   the progress bar."""
   plan = program.plan
   select = plan.evaluation.select_metric
-  val = scores(program, loop.local_copy(run.state.params["gen"]), validation, run.tracker.active)
+  val = scores(program, loop.local_copy(selected(run, program)), validation, run.tracker.active)
   tracker, improved = run.tracker.update(run.step, [v[select] if v else np.nan for v in val])
   run = dataclasses.replace(run, tracker=tracker)
   if improved.any():
-    best_gen = loop.where_members(jnp.asarray(improved), run.state.params["gen"], run.best_gen)
+    best_gen = loop.where_members(jnp.asarray(improved), selected(run, program), run.best_gen)
     run = dataclasses.replace(run, best_gen=best_gen)
     # Every process scores identical params identically: all take this collective save.
     store.save_best(run.step, {"gen": best_gen}, run.meta())

@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from mscross.methods import losses
+from mscross.methods import losses, models
 from mscross.methods.models import CrossModalNet, DataSpec, ModalityDiscriminator
 from mscross.training.plan import ActiveTerm, Optimiser, RunPlan
 
@@ -75,6 +75,9 @@ class TrainState:
   nonfinite_run: jax.Array  # int32: consecutive skipped (non-finite) steps
   skipped: jax.Array  # int32: all skipped steps
   active: jax.Array  # bool: False once the member has stopped
+  # The generator's weights averaged over the steps (`train.ema_decay`); None when off, which
+  # leaves the state (and its checkpoints) as without the option.
+  ema: dict | None = None
 
 
 def make_optimizers(o: Optimiser) -> dict[str, optax.GradientTransformation]:
@@ -96,8 +99,11 @@ def init_member(
   txs: dict,
   seed: jax.Array,
   hparams: dict,
+  *,
+  ema: bool = False,
 ) -> TrainState:
-  """The initial state of one member (traceable: vmap it over seeds and hparams)."""
+  """The initial state of one member (traceable: vmap it over seeds and hparams); `ema` starts
+  the weights' average at the initial generator."""
   root = jax.random.PRNGKey(seed)
   k_gen, k_disc = jax.random.split(jax.random.fold_in(root, 0))
   dummy = {m: jnp.zeros((2, d)) for m, d in zip(spec.modalities, spec.dims, strict=True)}
@@ -115,12 +121,13 @@ def init_member(
     nonfinite_run=jnp.zeros((), jnp.int32),
     skipped=jnp.zeros((), jnp.int32),
     active=jnp.ones((), bool),
+    ema=jax.tree.map(jnp.copy, gen) if ema else None,
   )
 
 
-def init_population(net, disc, spec, txs, seeds, hparams: dict) -> TrainState:
+def init_population(net, disc, spec, txs, seeds, hparams: dict, *, ema: bool = False):
   """The stacked initial state of P members: seeds [P] int, hparams {key: [P]}."""
-  member = lambda s, h: init_member(net, disc, spec, txs, s, h)
+  member = lambda s, h: init_member(net, disc, spec, txs, s, h, ema=ema)
   seeds = jnp.asarray(seeds, jnp.uint32)
   if seeds.shape[0] == 1:
     # One member is traced without vmap's batching interpreter, which about doubles the trace.
@@ -175,6 +182,24 @@ def all_gather_batch(out: dict, labels, axis_name: str | None):
   return out, None if labels is None else gather(labels, 0)
 
 
+DROPOUT_STREAM = 0x5EED
+
+
+def _constant_zero(value) -> bool:
+  return isinstance(value, int | float) and value == 0
+
+
+def make_dropouts(values: dict, rng: jax.Array, axis_name: str | None):
+  """(input dropout, hidden dropout) of the step's hyperparameters, None where the rate is 0
+  for every member (no dropout in the program)."""
+  return tuple(
+    None
+    if _constant_zero(values[key])
+    else models.dropout(jax.random.fold_in(rng, i), values[key], axis_name)
+    for i, key in enumerate(("model.dropout_input", "model.dropout_hidden"))
+  )
+
+
 class Objectives(NamedTuple):
   """The pure loss functions a train step differentiates (exposed for tests and extensions).
 
@@ -196,14 +221,23 @@ def make_objectives(
   `values` arguments are one member's hyperparameters, `plan.hparams.inside(state.hparams)`."""
   adversarial = plan.adversarial
 
-  def forward(gen_params, batch):
-    return net.apply({"params": gen_params}, batch["inputs"])
+  def forward(gen_params, batch, dropouts=(None, None)):
+    input_drop, hidden_drop = dropouts
+    return net.apply(
+      {"params": gen_params},
+      batch["inputs"],
+      input_dropout=input_drop,
+      hidden_dropout=hidden_drop,
+    )
 
   def adv_loss(disc_params, emb):
     return losses.modality_adversarial_loss(disc.apply({"params": disc_params}, emb))
 
   def gathered_loss(gen_params, batch, rng, values):
-    out, labels = all_gather_batch(forward(gen_params, batch), batch.get("label"), axis_name)
+    # Dropout's masks come from a stream of their own: the loss terms' keys stay as they were.
+    dropouts = make_dropouts(values, jax.random.fold_in(rng, DROPOUT_STREAM), axis_name)
+    out = forward(gen_params, batch, dropouts)
+    out, labels = all_gather_batch(out, batch.get("label"), axis_name)
     if labels is None:
       # Instance-level retrieval: every pair is its own class.
       labels = jnp.eye(out["emb"].shape[1], dtype=jnp.float32)
@@ -254,8 +288,12 @@ def make_step(
   # See the module docstring for why a mean (not a sum) is the single-device gradient.
   pmean = (lambda tree: tree) if axis_name is None else (lambda tree: lax.pmean(tree, axis_name))
 
-  def apply(name, params, opt_state, grads, lr):
+  def apply(name, params, opt_state, grads, lr, decay=0.0):
     updates, opt_state = txs[name].update(grads, opt_state, params)
+    if not _constant_zero(decay):
+      # AdamW: the decay is added to Adam's update, so it is scaled by lr but not by Adam.
+      decayed = optax.add_decayed_weights(decay, mask=losses.kernel_mask(params))
+      updates, _ = decayed.update(updates, decayed.init(params), params)
     return jax.tree.map(lambda p, u: p - lr * u, params, updates), opt_state
 
   def step_fn(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
@@ -263,6 +301,7 @@ def make_step(
     lr = values["optim.lr"]
     disc_lr = jnp.where(values["optim.disc_lr"] > 0, values["optim.disc_lr"], lr)
     lrs = {"gen": lr, "disc": disc_lr}
+    decays = {"gen": values["optim.weight_decay"], "disc": 0.0}
     # The state is replicated, so every device draws the same key, and sampled terms (ACMR's
     # random negatives over the gathered batch) pick the same negatives as one device would.
     rng = jax.random.fold_in(state.rng, state.step)
@@ -276,7 +315,7 @@ def make_step(
       grads = pmean(grads)
       for name in ("gen", "disc"):
         params[name], opt_state[name] = apply(
-          name, params[name], opt_state[name], grads[name], lrs[name]
+          name, params[name], opt_state[name], grads[name], lrs[name], decays[name]
         )
       d_loss, finite_inputs = l_adv, grads
       g_norm = optax.tree_utils.tree_norm(grads["gen"])
@@ -286,7 +325,9 @@ def make_step(
         params["gen"], params["disc"], batch, rng, lam, values
       )
       g_grads = pmean(g_grads)
-      params["gen"], opt_state["gen"] = apply("gen", params["gen"], opt_state["gen"], g_grads, lr)
+      params["gen"], opt_state["gen"] = apply(
+        "gen", params["gen"], opt_state["gen"], g_grads, lr, decays["gen"]
+      )
       d_loss, finite_inputs = jnp.zeros(()), g_grads
       g_norm, d_norm = optax.tree_utils.tree_norm(g_grads), jnp.zeros(())
       if adversarial:
@@ -319,6 +360,9 @@ def make_step(
       ),
       skipped=state.skipped + skipped.astype(jnp.int32),
     )
+    if state.ema is not None:
+      average = optax.incremental_update(params["gen"], state.ema, 1.0 - values["train.ema_decay"])
+      new_state = new_state.replace(ema=keep(average, state.ema))
     metrics = {
       "loss_emb": l_emb,
       "loss_adv": l_adv,

@@ -82,6 +82,12 @@ def open_study(workdir: str, config, *, storage: str | None = None, seed: int = 
   return study
 
 
+def search_space(config, method: str) -> tuple:
+  """The method's search space, less the settings of label predictions on unlabelled data."""
+  labelled = bool(config.data.labels)
+  return tuple(p for p in methods.get(method).search_space if labelled or not p.needs_labels)
+
+
 def load_study(workdir: str, storage: str | None = None):
   """The study of `workdir` as it is, for reading (joins no worker, samples nothing)."""
   import optuna
@@ -146,7 +152,7 @@ def _claim_group(study, url, workdir, space, total: int, size: int, recovery_sec
 def group_config(config, method: str, group: list[tuple]) -> object:
   """The population config of a group of (trial, values): the lead's values, and every
   member's continuous values as traced per-member hyperparameters."""
-  space = {p.name: p for p in methods.get(method).search_space}
+  space = {p.name: p for p in search_space(config, method)}
   c = copy.deepcopy(config)
   with c.unlocked():
     methods.apply_params(c, method, group[0][1])
@@ -191,7 +197,7 @@ def tune(
     raise ConfigError(f"recovery_seconds must be positive, got {recovery_seconds}")
   # Fails fast on a config no trial could train; each group's config is resolved by its run.
   method = plan_lib.resolve(config).method.name
-  space = methods.get(method).search_space
+  space = search_space(config, method)
   url = storage_lib.url_of(workdir, storage)
   study = open_study(workdir, config, storage=storage, seed=seed, progress=progress)
 

@@ -109,12 +109,14 @@ def ordered_pairs(k):
   return [(a, b) for a in range(k) for b in range(k) if a != b]
 
 
-def ref_label_ce(logits, labels, multilabel):
+def ref_label_ce(logits, labels, multilabel, smoothing=0.0):
   logits, labels = f64(logits, labels)
   out = []
+  num_classes = labels.shape[1]
   for row, y in zip(logits, labels, strict=True):
     if multilabel:
-      out.append(sum(ref_softplus(x) - t * x for x, t in zip(row, y, strict=True)))
+      targets = [(1 - smoothing) * t + smoothing / 2 for t in y]
+      out.append(sum(ref_softplus(x) - t * x for x, t in zip(row, targets, strict=True)))
       continue
     mass = y.sum()
     if mass == 0:
@@ -122,7 +124,8 @@ def ref_label_ce(logits, labels, multilabel):
       continue
     top = row.max()
     log_z = top + math.log(sum(math.exp(x - top) for x in row))
-    out.append(-sum((t / mass) * (x - log_z) for x, t in zip(row, y, strict=True)))
+    targets = [(1 - smoothing) * t / mass + smoothing / num_classes for t in y]
+    out.append(-sum(t * (x - log_z) for x, t in zip(row, targets, strict=True)))
   return np.array(out)
 
 
@@ -545,6 +548,35 @@ def test_label_cross_entropy_matches_reference(multilabel):
   got = label_ce(logits, labels, multilabel=multilabel)
   assert got.shape == (B,)
   np.testing.assert_allclose(got, ref_label_ce(logits, labels, multilabel), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("smoothing", [0.1, 0.3])
+def test_label_smoothing_matches_reference(multilabel, smoothing):
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(B, C)).astype(np.float32) * 3
+  labels = make_labels(rng, multilabel=True)
+  labels[1] = 0.0  # an unlabelled row keeps its zero loss in single-label mode
+  got = label_ce(logits, labels, multilabel=multilabel, smoothing=smoothing)
+  want = ref_label_ce(logits, labels, multilabel, smoothing)
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+  # Traced, under vmap over smoothing values, it gives the same numbers.
+  traced = jax.vmap(lambda s: losses.label_cross_entropy(logits, labels, smoothing=s))(
+    jnp.array([0.0, smoothing])
+  )
+  np.testing.assert_allclose(traced[1], ref_label_ce(logits, labels, False, smoothing), rtol=RTOL)
+  np.testing.assert_allclose(traced[0], ref_label_ce(logits, labels, False), rtol=RTOL)
+
+
+def test_smoothed_dscmr_label_loss_known_value():
+  # One modality pair of perfect predictions: with smoothing s the target is (1 - s) y + s / C,
+  # so each prediction misses it by s (1 - 1/C) on its class and s / C on the C - 1 others.
+  preds = np.stack([np.eye(C, dtype=np.float32)] * 2)
+  s = 0.2
+  miss = math.sqrt((s * (1 - 1 / C)) ** 2 + (C - 1) * (s / C) ** 2)
+  got = losses.dscmr_label_loss(preds, np.eye(C, dtype=np.float32), smoothing=s)
+  np.testing.assert_allclose(got, 2 * miss, rtol=1e-5)
+  assert float(losses.dscmr_label_loss(preds, np.eye(C, dtype=np.float32))) == 0.0
 
 
 def test_label_cross_entropy_known_values():

@@ -242,6 +242,37 @@ def test_common_retrieval_embeddings_are_the_common_embeddings():
     models.retrieval_embeddings(out, kind="specific")
 
 
+def test_label_retrieval_ranks_the_predicted_distribution_and_fuses_it():
+  out = net_outputs()
+  out["logits"] = np.random.default_rng(5).normal(size=(3, B, 4)).astype(np.float32)
+  probs = np.exp(out["logits"]) / np.exp(out["logits"]).sum(-1, keepdims=True)
+  np.testing.assert_allclose(models.retrieval_embeddings(out, kind="label"), probs, rtol=1e-5)
+  # Fused: the cosine of two items is (cos_ranked + w^2 cos_labels) / (1 + w^2).
+  w = 0.7
+  fused = np.asarray(models.retrieval_embeddings(out, kind="common", label_weight=w))
+  cos = lambda x: ref_unit(x[0]) @ ref_unit(x[1]).T
+  want = (cos(out["emb"]) + w**2 * cos(probs)) / (1 + w**2)
+  got = ref_unit(fused[0]) @ ref_unit(fused[1]).T
+  keep = np.linalg.norm(out["emb"][0], axis=-1) > 0  # a zero row has no direction to rank by
+  np.testing.assert_allclose(got[keep], want[keep], rtol=1e-5, atol=1e-6)
+  # A Python 0 fuses nothing: the common embeddings as they are.
+  np.testing.assert_array_equal(models.retrieval_embeddings(out, kind="common"), out["emb"])
+
+
+def test_dropout_keeps_the_expected_share_scaled_and_splits_over_devices_alike():
+  rng, x = jax.random.PRNGKey(0), jnp.ones((64, 50))
+  drop = models.dropout(rng, 0.3)
+  y = np.asarray(drop("here", x))
+  np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.7], rtol=1e-6)
+  assert abs((y == 0).mean() - 0.3) < 0.03
+  assert not np.array_equal(y, np.asarray(drop("there", x)))  # every call site its own mask
+  np.testing.assert_array_equal(y, np.asarray(drop("here", x)))
+  # On 4 "devices" of 16 rows each (vmap stands for the mesh axis), the global batch is dropped
+  # exactly as on one device.
+  sharded = jax.vmap(lambda part: models.dropout(rng, 0.3, "data")("here", part), axis_name="data")
+  np.testing.assert_array_equal(np.asarray(sharded(x.reshape(4, 16, 50))).reshape(64, 50), y)
+
+
 # ----------------------------------------------------------------------------------------------
 # Models from a config
 # ----------------------------------------------------------------------------------------------

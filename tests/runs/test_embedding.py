@@ -45,11 +45,11 @@ def whole(split):
 
 def test_embed_split_in_batches_equals_one_shot(setup, monkeypatch):
   split, params, embed = setup["split"], setup["members"][0], setup["embed"]
-  once = np.asarray(embed(params, whole(split), 0.7))
+  once = np.asarray(embed(params, whole(split), 0.7, 0.0))
   assert once.shape == (2, N, 16)  # [normalize(spec); mu * normalize(emb)], 8 + 8 wide
   # Batches of 4, 4 and a last, short one of 2.
   monkeypatch.setattr(embedding, "EMBED_BATCH", 4)
-  got = embedding.embed_split(embed, params, split, 0.7)
+  got = embedding.embed_split(embed, params, split, 0.7, 0.0)
   assert isinstance(got, np.ndarray) and got.shape == once.shape
   np.testing.assert_allclose(got, once, rtol=1e-6, atol=1e-6)
 
@@ -58,10 +58,10 @@ def test_population_embeddings_equal_each_member(setup, monkeypatch):
   split, members = setup["split"], setup["members"]
   stacked = jax.tree.map(lambda *xs: np.stack(xs), *members)
   monkeypatch.setattr(embedding, "EMBED_BATCH", 4)
-  got = embedding.embed_split(setup["population"], stacked, split, MUS)
+  got = embedding.embed_split(setup["population"], stacked, split, MUS, np.zeros(P, np.float32))
   assert got.shape == (P, 2, N, 16)
   for p in range(P):
-    want = np.asarray(setup["embed"](members[p], whole(split), MUS[p]))
+    want = np.asarray(setup["embed"](members[p], whole(split), MUS[p], 0.0))
     np.testing.assert_allclose(got[p], want, rtol=1e-5, atol=1e-6, err_msg=f"member {p}")
   # Each member's mu weighs its common half: distinct members must differ.
   assert not np.allclose(got[0], got[1])
@@ -114,7 +114,13 @@ def ref_instance(q, g, ks):
 
 def metrics_config():
   return small_config(
-    "acmr", {"eval.precision_ks": (1, 3), "eval.map_ks": (5,), "eval.recall_ks": (1, 2), "eval.block_size": 0}
+    "acmr",
+    {
+      "eval.precision_ks": (1, 3),
+      "eval.map_ks": (5,),
+      "eval.recall_ks": (1, 2),
+      "eval.block_size": 0,
+    },
   )
 
 

@@ -34,7 +34,7 @@ def test_adversarial_gradient_reaches_encoders_with_opposite_sign(mode, modaliti
   obj = step_lib.make_objectives(prog.plan, prog.net, prog.disc)
   batch, rng, lam = batch_of(B, modalities), jax.random.PRNGKey(3), 0.7
   st = member(state)
-  params, h = st.params, st.hparams
+  params, h = st.params, prog.plan.hparams.inside(st.hparams)
 
   if mode == "alternating":
     grad = lambda lam: jax.grad(obj.generator, has_aux=True)(
@@ -68,7 +68,7 @@ def test_confusion_gradient_is_that_of_the_confusion_term(modalities):
   obj = step_lib.make_objectives(prog.plan, prog.net, prog.disc)
   batch, rng, lam = batch_of(B, modalities), jax.random.PRNGKey(3), 0.7
   st = member(state)
-  params, h = st.params, st.hparams
+  params, h = st.params, prog.plan.hparams.inside(st.hparams)
   grad = lambda lam: jax.grad(obj.generator, has_aux=True)(
     params["gen"], params["disc"], batch, rng, lam, h
   )
@@ -228,3 +228,65 @@ def test_dann_schedule_and_disabled_adversary():
   assert at(500) == at(20)
   off = program_of(adv_config(enabled=False), spec_of()).plan
   assert float(step_lib.adversarial_lambda(off, h, jnp.asarray(50))) == 0.0
+
+
+def test_decoupled_weight_decay_shrinks_kernels_by_lr_times_decay():
+  # AdamW: the same Adam move, minus lr * decay * weight on every kernel and nothing on biases.
+  decay, lr = 0.1, 1e-3
+  moved = {}
+  for wd in (0.0, decay):
+    config = adv_config(enabled=False)
+    config.optim.weight_decay = wd
+    prog, state = setup(config, spec_of())
+    st = member(state)
+    new, _ = jax.jit(prog.member_step())(st, batch_of(B))
+    moved[wd] = (st.params["gen"], new.params["gen"])
+  start, without = moved[0.0]
+  _, decayed = moved[decay]
+  leaves = lambda tree: [np.asarray(x) for x in jax.tree.leaves(tree)]
+  for is_kernel, w0, w_plain, w_decayed in zip(
+    jax.tree.leaves(losses.kernel_mask(start)),
+    leaves(start),
+    leaves(without),
+    leaves(decayed),
+    strict=True,
+  ):
+    want = w_plain - (lr * decay * w0 if is_kernel else 0.0)
+    np.testing.assert_allclose(w_decayed, want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_weights_average_follows_the_taken_steps():
+  config = adv_config(enabled=False)
+  config.train.ema_decay = 0.9
+  prog, state = setup(config, spec_of())
+  assert prog.plan.ema
+  st, step = member(state), jax.jit(prog.member_step())
+  want = flat(st.params["gen"])
+  np.testing.assert_array_equal(flat(st.ema), want)  # it starts at the initial weights
+  for i in range(4):
+    st, _ = step(st, batch_of(B, seed=i))
+    want = 0.9 * want + 0.1 * flat(st.params["gen"])
+  np.testing.assert_allclose(flat(st.ema), want, rtol=1e-5, atol=1e-7)
+  # Off (the default), the state carries no average at all: checkpoints stay as they were.
+  assert member(setup(adv_config(enabled=False), spec_of())[1]).ema is None
+
+
+def test_dropout_trains_on_dropped_inputs_and_evaluates_on_all_of_them():
+  base = adv_config(enabled=False)
+  dropped = adv_config(enabled=False)
+  dropped.model.dropout_input, dropped.model.dropout_hidden = 0.5, 0.5
+  (prog_a, state_a), (prog_b, state_b) = setup(base, spec_of()), setup(dropped, spec_of())
+  st_a, st_b = member(state_a), member(state_b)
+  np.testing.assert_array_equal(flat(st_a.params), flat(st_b.params))  # the same initial model
+  batch = batch_of(B)
+  _, m_a = jax.jit(prog_a.member_step())(st_a, batch)
+  _, m_b = jax.jit(prog_b.member_step())(st_b, batch)
+  assert float(m_a["loss_emb"]) != float(m_b["loss_emb"])
+  # Evaluation embeds without dropout: the same params give the same embeddings.
+  inputs = batch["inputs"]
+  mix = lambda prog: [x[:1] for x in prog.mix]
+  gen = jax.tree.map(lambda x: x[None], st_a.params["gen"])
+  np.testing.assert_array_equal(
+    np.asarray(prog_a.embed(gen, inputs, *mix(prog_a))),
+    np.asarray(prog_b.embed(gen, inputs, *mix(prog_b))),
+  )

@@ -45,7 +45,7 @@ from mscross.methods.losses.dscmr import (
   dscmr_pairwise_loss,
 )
 from mscross.methods.losses.geometry import pairwise_cosine, pairwise_sq_euclidean
-from mscross.methods.losses.labels import frobenius_regulariser, label_cross_entropy
+from mscross.methods.losses.labels import frobenius_regulariser, kernel_mask, label_cross_entropy
 from mscross.methods.losses.mnsgan import multi_negative_loss, soft_triplet_loss
 from mscross.methods.losses.ms2gan import (
   large_margin_difference_loss,
@@ -61,6 +61,7 @@ __all__ = [
   "dscmr_pairwise_loss",
   "frobenius_regulariser",
   "gradient_reversal",
+  "kernel_mask",
   "label_cross_entropy",
   "large_margin_difference_loss",
   "modality_adversarial_loss",

@@ -15,14 +15,18 @@ from mscross.methods.losses.geometry import (
 )
 
 
-def dscmr_label_loss(preds: chex.Array, labels: chex.Array) -> chex.Array:
+def dscmr_label_loss(
+  preds: chex.Array, labels: chex.Array, *, smoothing: chex.Numeric = 0.0
+) -> chex.Array:
   """DSCMR label-space loss J1: `sum_k mean_i ||p_ki - y_i||_2` over the K modalities.
 
   The labels are used as given (one-hot or multi-hot, not normalised); the norm is not squared.
+  Label smoothing moves the targets towards the uniform value: y' = (1 - s) y + s / C.
 
   Args:
     preds: label-space predictions [K, B, C] of K >= 2 modalities (linear classifier outputs).
     labels: multi-hot labels [B, C] of the items.
+    smoothing: label smoothing s in [0, 1) (may be traced); 0 leaves the targets as they are.
 
   Returns:
     Scalar sum of the K per-modality means.
@@ -34,6 +38,8 @@ def dscmr_label_loss(preds: chex.Array, labels: chex.Array) -> chex.Array:
   check_stack([preds], labels)
   chex.assert_equal_shape_suffix([preds, labels], 2)
   labels = labels.astype(preds.dtype)
+  if not (isinstance(smoothing, int | float) and smoothing == 0):
+    labels = (1.0 - smoothing) * labels + smoothing / labels.shape[-1]
   return jnp.sum(jnp.mean(safe_norm(preds - labels), axis=-1))
 
 

@@ -15,18 +15,25 @@ from mscross.methods.losses.geometry import (
 
 
 def label_cross_entropy(
-  logits: chex.Array, labels: chex.Array, *, multilabel: bool = False
+  logits: chex.Array,
+  labels: chex.Array,
+  *,
+  multilabel: bool = False,
+  smoothing: chex.Numeric = 0.0,
 ) -> chex.Array:
   """Per-example label-prediction cross-entropy (ACMR L_imd, MS2GAN L_sd).
 
   Single-label mode: softmax cross-entropy against the labels normalised to sum to 1 (a multi-hot
   row spreads its mass evenly over its classes; an all-zero row gives 0). Multi-label mode: sigmoid
-  binary cross-entropy summed over classes.
+  binary cross-entropy summed over classes. Label smoothing mixes the targets with the uniform
+  distribution over the C classes (single-label: (1 - s) t + s / C; multi-label: each class's
+  target (1 - s) t + s / 2).
 
   Args:
     logits: class logits [B, C].
     labels: multi-hot float labels [B, C].
     multilabel: sigmoid BCE (True) or softmax CE (False).
+    smoothing: label smoothing s in [0, 1) (may be traced); 0 leaves the targets as they are.
 
   Returns:
     Per-example loss [B].
@@ -39,10 +46,16 @@ def label_cross_entropy(
   chex.assert_rank([logits, labels], 2)
   chex.assert_equal_shape([logits, labels])
   labels = labels.astype(logits.dtype)
+  smooth = not (isinstance(smoothing, int | float) and smoothing == 0)
   if multilabel:
-    return jnp.sum(jax.nn.softplus(logits) - labels * logits, axis=-1)
+    targets = (1.0 - smoothing) * labels + smoothing / 2.0 if smooth else labels
+    return jnp.sum(jax.nn.softplus(logits) - targets * logits, axis=-1)
   mass = jnp.sum(labels, axis=-1, keepdims=True)
   targets = labels / jnp.where(mass > 0, mass, 1.0)
+  if smooth:
+    # An unlabelled row keeps its zero target (and loss).
+    uniform = jnp.where(mass > 0, smoothing / labels.shape[-1], 0.0)
+    targets = (1.0 - smoothing) * targets + uniform
   return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
 
 
@@ -66,6 +79,12 @@ def frobenius_regulariser(params: chex.ArrayTree) -> chex.Array:
   if not norms:
     return jnp.zeros(())
   return functools.reduce(jnp.add, norms)
+
+
+def kernel_mask(params: chex.ArrayTree) -> chex.ArrayTree:
+  """The pytree of `params` with True at every kernel leaf and False elsewhere (biases): what
+  the regulariser and decoupled weight decay act on."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: _is_kernel(path), params)
 
 
 def _is_kernel(path: tuple) -> bool:
