@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 
+from mscross import config as config_lib
 from mscross import dotted
 from mscross.errors import ConfigError
 from mscross.runs import layout
@@ -68,7 +69,9 @@ def check_resume(workdir: str, config, *, allow_change: bool) -> list[tuple]:
   """
   if not os.path.exists(layout.path(workdir, layout.CONFIG)):
     return []
-  stored = layout.read_config(workdir)
+  # The stored config reads with the defaults of keys added since it was saved; the new one is
+  # completed the same way, so a key absent from either side is its default, not a change.
+  stored, config = layout.read_config(workdir), config_lib.with_defaults(config)
   diffs = config_diff(stored, config)
   if diffs and not allow_change:
     # Shallow keys first: another method differs in many loss.* keys, and the listing is cut at
