@@ -3,9 +3,11 @@
 __version__ = "0.2.0"
 
 
-def load(workdir: str, member: int = 0):
-  """The best-on-validation model of a training workdir; see `mscross.retrieval.trained`."""
+def load(workdir, member=None):
+  """The best-on-validation model of a training workdir (population member `member`, default
+  0), or with `member="ensemble"`, or given several workdirs, every member as one model; see
+  `mscross.retrieval.evaluate.load`."""
   # Imported on use: `import mscross` stays cheap for code that only needs a submodule.
-  from mscross.retrieval import trained
+  from mscross.retrieval import evaluate
 
-  return trained.load(workdir, member)
+  return evaluate.load(workdir, member)

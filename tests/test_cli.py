@@ -61,6 +61,17 @@ def test_eval_prints_the_metrics_json_numbers(workdir, tmp_path):
   ]
 
 
+def test_eval_scores_runs_given_together_as_one_ensemble(workdir):
+  proc = run("eval.py", "--workdir", str(workdir), "--workdir", str(workdir), "--ensemble")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  printed = json.loads(proc.stdout.strip().splitlines()[-1])
+  metrics = json.loads((workdir / "metrics.json").read_text())
+  # The same model twice: the mean of two equal cosines ranks as one, up to float32 rounding of
+  # the concatenated embeddings, which may swap a near-tie.
+  assert abs(printed["avg_map"] - metrics["test"]["avg_map"]) <= 1e-5
+  assert [m["member"] for m in printed["ensemble"]] == [0, 0]
+
+
 def test_rerun_of_a_finished_run_trains_nothing(workdir):
   before = (workdir / "history.jsonl").read_text()
   proc = run("train.py", "--config", "configs/default.py", "--workdir", str(workdir), *TINY)

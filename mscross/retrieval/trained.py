@@ -21,8 +21,7 @@ import os
 import jax
 import numpy as np
 
-from mscross import data, metrics
-from mscross.data import export
+from mscross import data
 from mscross.errors import CheckpointError, ConfigError, DataError
 from mscross.methods import models
 from mscross.retrieval import index as index_lib
@@ -145,6 +144,14 @@ class TrainedModel:
     emb = embedding.embed_split(self.workdir.embed_fn, self.params, split, *self.mix)
     return self.workdir.evaluation.metrics(emb, split)
 
+  def split_embeddings(self, name: str) -> tuple[data.Split, dict[str, np.ndarray]]:
+    """(the transformed split `name` of the workdir's dataset, {modality: [N, e]})."""
+    split = self.workdir.split(name)
+    return split, self.embed(split)
+
+  def split_metrics(self, name: str) -> dict[str, float]:
+    return self.metrics(self.workdir.split(name))
+
   def index(self, modality: str, features, *, ids=None, labels=None, transformed=False):
     """A `retrieval.Index` over the embeddings of raw gallery vectors of `modality`."""
     emb = self.encode(modality, features, transformed=transformed)
@@ -153,85 +160,3 @@ class TrainedModel:
   def search(self, modality: str, queries, index, k: int = 10):
     """(scores [Q, k], gallery rows [Q, k]) of raw query vectors of `modality` in `index`."""
     return index.search(self.encode(modality, queries), k)
-
-
-def load(workdir: str, member: int = 0) -> TrainedModel:
-  """The best-on-validation model of `workdir` (of population member `member`)."""
-  return Workdir(workdir).member(member)
-
-
-def evaluate_workdir(
-  path: str,
-  *,
-  split: str = "test",
-  member: int | None = None,
-  export_dir: str | None = None,
-  report: bool = False,
-  topk: int | None = None,
-) -> tuple[dict, list[str]]:
-  """What `eval.py` does: the metrics of the best checkpoint on `split`, for one member (or
-  every member when `member` is None and the population has several), plus the optional
-  embedding export, report and top-k files. Returns (result, notes for the user)."""
-  wd = Workdir(path)
-  notes = []
-  if wd.in_training:
-    holder = f"process {wd.trainer_pid}" if wd.trainer_pid else "another process"
-    notes.append(
-      f"{path} is being trained by {holder}; evaluating its newest complete best checkpoint "
-      f"(step {wd.step})"
-    )
-  part = wd.split(split)
-  header = {"method": wd.config.method, "dataset": wd.config.data.name, "split": split}
-  chosen = [member] if member is not None else list(range(wd.size))
-  results = []
-  for m in chosen:
-    model = wd.member(m)
-    results.append({**header, "member": m, "step": model.step, **model.metrics(part)})
-  if len(results) == 1:
-    result = results[0]
-  else:
-    numeric = [{k: v for k, v in r.items() if isinstance(v, float)} for r in results]
-    mean, std = metrics.mean_and_std(numeric)
-    result = {**header, "members": results, "mean": mean, "std": std}
-  model = wd.member(chosen[0])
-  suffix = "" if wd.size == 1 else f"_member{model.member}"
-  if export_dir or report or topk:
-    embeddings = model.embed(part)
-  if export_dir:
-    notes.append(f"embeddings: {export.write_embeddings(export_dir, embeddings, part)}")
-  if report:
-    from mscross.retrieval import report as report_lib
-
-    title = (
-      f"{wd.config.method} on {wd.config.data.name}, {split} split "
-      f"(best checkpoint of member {model.member}, step {model.step})"
-    )
-    out = report_lib.write_report(
-      os.path.join(path, f"report_{split}{suffix}"),
-      title=title,
-      split=part,
-      embeddings=embeddings,
-      summary={k: v for k, v in results[0].items() if k not in (*header, "member", "step")},
-      block_size=wd.evaluation.block_size,
-      raw_items=_raw_items(wd.config, notes),
-      game=layout.game_state(path, model.member, model.step),
-    )
-    notes.append(f"report: {out}")
-  if topk:
-    out = os.path.join(path, f"topk_{split}{suffix}")
-    index_lib.write_topk_files(out, embeddings, part.ids, topk)
-    notes.append(f"top-{topk} neighbours: {out}")
-  return result, notes
-
-
-def _raw_items(config, notes: list[str]) -> dict:
-  """The raw items of the config's dataset for the report (empty for feature datasets); when its
-  source folder cannot be read (moved or deleted since training), none, with a note."""
-  data_dir = data.resolve_data_dir(config.data.data_dir or None)
-  try:
-    return data.raw_items(config.data.name, data_dir)
-  except DataError as exc:
-    notes.append(
-      f"report: shows ids only, the raw items of {config.data.name!r} are unreadable: {exc}"
-    )
-    return {}

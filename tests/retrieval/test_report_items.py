@@ -139,7 +139,7 @@ def test_snippets_of_texts_without_spaces_are_cut_by_width():
 
 
 def test_eval_report_of_a_raw_dataset_shows_its_items(tmp_path, monkeypatch):
-  from mscross.retrieval import trained
+  from mscross.retrieval import evaluate
   from mscross.training import trainer
 
   monkeypatch.setenv("MSCROSS_CACHE_DIR", str(tmp_path / "cache"))
@@ -152,7 +152,7 @@ def test_eval_report_of_a_raw_dataset_shows_its_items(tmp_path, monkeypatch):
   c.train.batch_size = 8
   run = tmp_path / "run"
   trainer.train_and_evaluate(c, str(run))
-  _, notes = trained.evaluate_workdir(str(run), report=True)
+  _, notes = evaluate.evaluate_workdir(str(run), report=True)
   out = run / "report_test"
   page = (out / "index.html").read_text(encoding="utf-8")
   assert thumb_sources(page) and all((out / s).is_file() for s in thumb_sources(page))
@@ -161,7 +161,7 @@ def test_eval_report_of_a_raw_dataset_shows_its_items(tmp_path, monkeypatch):
   # A source folder gone since training: the report shows ids only, and says why.
   shutil.rmtree(folder)
   notes = []
-  assert trained._raw_items(c, notes) == {}
+  assert evaluate._raw_items(c, notes) == {}
   assert len(notes) == 1 and notes[0].startswith("report: shows ids only")
 
 

@@ -11,7 +11,7 @@ from helpers import REPO
 
 import mscross
 from mscross.errors import CheckpointError
-from mscross.retrieval import trained
+from mscross.retrieval import evaluate
 from mscross.runs import layout
 
 
@@ -52,7 +52,7 @@ def test_the_eval_report_shows_the_game_at_the_reported_step(trained_run, tmp_pa
   workdir, _ = trained_run
   copy = tmp_path / "copy"
   shutil.copytree(workdir, copy)
-  trained.evaluate_workdir(str(copy), split="validation", report=True)
+  evaluate.evaluate_workdir(str(copy), split="validation", report=True)
   with open(copy / "report_validation" / "report.json") as f:
     game = json.load(f)["game"]
   with open(copy / layout.HISTORY) as f:

@@ -203,7 +203,7 @@ def tiny_trainer_config(steps=20):
 
 
 def _trainer(workdir):
-  from mscross.retrieval import trained
+  from mscross.retrieval import evaluate
   from mscross.training import trainer
 
   wd8, wd1 = os.path.join(workdir, "eight"), os.path.join(workdir, "one")
@@ -211,7 +211,7 @@ def _trainer(workdir):
   config.parallel.num_devices = 8
   result = trainer.train_and_evaluate(config, wd8)
   # evaluate_workdir restores onto one device.
-  restored, _ = trained.evaluate_workdir(wd8, split="test")
+  restored, _ = evaluate.evaluate_workdir(wd8, split="test")
   # Resume the 8-device run's step-20 checkpoint on ONE device, 10 more steps.
   shutil.copytree(wd8, wd1)
   os.remove(os.path.join(wd1, "metrics.json"))

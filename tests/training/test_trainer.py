@@ -9,11 +9,12 @@ import signal
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import trainer_config
+from helpers import ap_reference, cosine64, trainer_config
 
+import mscross
 from mscross.errors import CheckpointError, ConfigError
 from mscross.methods import registry
-from mscross.retrieval import trained
+from mscross.retrieval import evaluate
 from mscross.runs import layout
 from mscross.training import loop, trainer
 from mscross.training import step as step_lib
@@ -60,10 +61,10 @@ def test_tensorboard_events_are_written(trained_run):
 def test_evaluate_workdir_reproduces_metrics_json(trained_run, tmp_path):
   workdir, result = trained_run
   export = tmp_path / "emb"
-  again, notes = trained.evaluate_workdir(workdir, split="test", export_dir=str(export))
+  again, notes = evaluate.evaluate_workdir(workdir, split="test", export_dir=str(export))
   for key, value in result["test"].items():
     assert again[key] == pytest.approx(value, abs=1e-6), key
-  val, _ = trained.evaluate_workdir(workdir, split="validation")
+  val, _ = evaluate.evaluate_workdir(workdir, split="validation")
   assert val["avg_map"] == pytest.approx(result["val"]["avg_map"], abs=1e-6)
   left, right = np.load(export / "emb_left.npy"), np.load(export / "emb_right.npy")
   assert left.shape == (360, 16) and right.shape == (360, 16)
@@ -79,7 +80,7 @@ def test_loaded_model_encodes_new_vectors_as_the_export(trained_run, tmp_path):
 
   workdir, _ = trained_run
   export = tmp_path / "emb"
-  trained.evaluate_workdir(workdir, split="test", export_dir=str(export))
+  evaluate.evaluate_workdir(workdir, split="test", export_dir=str(export))
   raw = data.load_split("digits_halves", "test")
   model = mscross.load(workdir)
   rows = np.arange(0, 360, 7)
@@ -114,11 +115,24 @@ def test_population_trains_members_with_their_own_seeds_and_lr(tmp_path):
   assert result["test_std"]["avg_map"] == pytest.approx(np.std(tests, ddof=1))
   # Each member keeps its own best state: eval.py --member k reproduces member k.
   for k in (0, 2):
-    again, _ = trained.evaluate_workdir(str(tmp_path), member=k)
+    again, _ = evaluate.evaluate_workdir(str(tmp_path), member=k)
     assert again["avg_map"] == pytest.approx(members[k]["test"]["avg_map"], abs=1e-6)
-  every, _ = trained.evaluate_workdir(str(tmp_path))
+  every, _ = evaluate.evaluate_workdir(str(tmp_path))
   assert len(every["members"]) == 3
   assert every["mean"]["avg_map"] == pytest.approx(result["test"]["avg_map"], abs=1e-6)
+  # The ensemble of the three ranks by the mean of their cosines: mAP of a NumPy reference.
+  joint, _ = evaluate.evaluate_workdir(str(tmp_path), ensemble=True)
+  assert [m["member"] for m in joint["ensemble"]] == [0, 1, 2]
+  split = None
+  cosines = {d: 0.0 for d in ("i2t", "t2i")}
+  for k in range(3):
+    split, emb = mscross.load(str(tmp_path), member=k).split_embeddings("test")
+    cosines["i2t"] += cosine64(emb["left"], emb["right"]) / 3
+    cosines["t2i"] += cosine64(emb["right"], emb["left"]) / 3
+  rel = (split.label @ split.label.T) > 0
+  for key, cos in cosines.items():
+    reference = np.mean([ap_reference(cos[i], rel[i]) for i in range(len(cos))])
+    assert joint[f"{key}_map"] == pytest.approx(reference, abs=1e-5), key
   # history.jsonl: one line per member and evaluation.
   assert {(r["step"], r["member"]) for r in history(str(tmp_path))} == {
     (s, m) for s in (10, 20, 30) for m in range(3)
@@ -220,10 +234,10 @@ def test_interrupted_run_resumes_to_the_same_result(trained_run, tmp_path, monke
 
 def test_eval_without_checkpoints_is_a_clear_error(tmp_path):
   with pytest.raises(ConfigError, match="config.json"):
-    trained.evaluate_workdir(str(tmp_path))
+    evaluate.evaluate_workdir(str(tmp_path))
   layout.write_config(str(tmp_path), tiny_config())
   with pytest.raises(CheckpointError, match="no trained model"):
-    trained.evaluate_workdir(str(tmp_path))
+    evaluate.evaluate_workdir(str(tmp_path))
 
 
 def test_invalid_config_is_rejected_before_training(tmp_path):
@@ -279,5 +293,5 @@ def test_own_npy_features_of_three_modalities_without_labels_train_and_evaluate(
   assert {f"{d}_r@1" for d in directions} <= set(result["test"])
   # 40 test pairs: chance Recall@1 is 1/40; the shared code makes pairs findable.
   assert result["test"]["avg_r@1"] > 0.3 and result["test"]["avg_median_rank"] < 5
-  again, _ = trained.evaluate_workdir(str(tmp_path / "run"))
+  again, _ = evaluate.evaluate_workdir(str(tmp_path / "run"))
   assert again["avg_mrr"] == pytest.approx(result["test"]["avg_mrr"], abs=1e-6)
