@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import REPO, check_data_declared, trainer_config
 
-from mscross import data, presets
+from mscross import caches, data, presets
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -56,6 +56,16 @@ def _no_benchmark_data(tmp_path_factory):
   nowhere = tmp_path_factory.getbasetemp() / "benchmark-files-only-through-the-data_dir-fixture"
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv(data.base.DATA_ENV, str(nowhere))
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_compilation_cache(tmp_path_factory):
+  """One JAX compilation cache for the session (per xdist worker), none shared with the user's:
+  the train.py and tune.py subprocesses of many tests compile the same small programs, which a
+  rerun, a resumed run or a second worker then loads instead of compiling again."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv(caches.JAX_ENV, str(tmp_path_factory.mktemp("jax_cache")))
     yield
 
 

@@ -129,7 +129,6 @@ TINY_FLAGS = (
   "--config.train.checkpoint_every=10",
   "--config.model.encoder_layers=(32,)",
   "--config.model.encoder_width=16",
-  "--nocompilation_cache",
 )
 # The six directions of three modalities, in the order the metrics name them.
 THREE_DIRECTIONS = [

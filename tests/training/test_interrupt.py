@@ -26,7 +26,6 @@ ARGS = [
   f"--config.train.checkpoint_every={EVERY}",
   "--config.model.encoder_layers=(64,)",
   "--config.model.encoder_width=32",
-  "--nocompilation_cache",
 ]
 
 

@@ -125,7 +125,6 @@ def _tune_cmd(workdir, trials):
     f"--workdir={workdir}",
     f"--trials={trials}",
     "--population=1",
-    "--nocompilation_cache",
     *[f"--config.{k}={v}" for k, v in TINY.items()],
   ]
 
