@@ -176,6 +176,7 @@ def semantic_matching_baseline(
   select_metric: str = "avg_map",
   eval_kwargs: Mapping[str, Any] | None = None,
   seed: int = 0,
+  keep_embeddings: bool = False,
 ) -> dict:
   """Semantic matching (module docstring), its regularisation C chosen on validation.
 
@@ -186,11 +187,13 @@ def semantic_matching_baseline(
     select_metric: key of the validation metrics that chooses C.
     eval_kwargs: keyword arguments of `retrieval_metrics` (ks, map_ks, recall_ks, block_size).
     seed: `random_state` of the logistic regressions.
+    keep_embeddings: also return what was ranked at the chosen C.
 
   Returns:
     {"method": "sm", "chosen": {"C": c}, "val": metrics, "test": metrics, "search": [{"C": c,
     "val_<select_metric>": score}, ...], "convergence_warnings", "fit_seconds" (all logistic
-    regression fits, metrics excluded)}.
+    regression fits, metrics excluded)}; with `keep_embeddings` also "embeddings":
+    {"validation" | "test": {modality: predicted class distributions [N, C]}}.
 
   Raises:
     ConfigError: unlabelled or multi-label data; bad cs, select_metric or eval_kwargs.
@@ -227,13 +230,15 @@ def semantic_matching_baseline(
       fit_seconds += time.perf_counter() - start
     return fitted[c]
 
-  def evaluate(name: str, c: float) -> dict[str, float]:
+  def probabilities(name: str, c: float) -> dict[str, np.ndarray]:
     features = splits[name].features
-    probabilities = {m: model.predict_proba(features[m]) for m, model in models(c).items()}
-    return retrieval_metrics(probabilities, labels[name], **kwargs)
+    return {m: model.predict_proba(features[m]) for m, model in models(c).items()}
+
+  def evaluate(name: str, c: float) -> dict[str, float]:
+    return retrieval_metrics(probabilities(name, c), labels[name], **kwargs)
 
   best, val, search = _select(grid, lambda c: evaluate("validation", c), select_metric, "C")
-  return {
+  result = {
     "method": "sm",
     "chosen": {"C": best},
     "val": val,
@@ -242,6 +247,9 @@ def semantic_matching_baseline(
     "convergence_warnings": warned,
     "fit_seconds": fit_seconds,
   }
+  if keep_embeddings:
+    result["embeddings"] = {name: probabilities(name, best) for name in ("validation", "test")}
+  return result
 
 
 class _Whitener:
