@@ -21,16 +21,10 @@ import subprocess
 import sys
 import time
 
+from accuracy import DATASETS
 from provenance import ROOT, header, provenance
 
 METHODS = ("acmr", "mnsgan", "ms2gan", "dscmr")
-DATASETS = (
-  "wikipedia",
-  "wikipedia:text=wordllama",
-  "web_news",
-  "digits_halves",
-  "uci_mfeat/fou_pix",
-)
 
 
 def config_arg(method: str, dataset: str) -> str:
