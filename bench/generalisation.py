@@ -28,13 +28,14 @@ import numpy as np
 from provenance import header, provenance, write_results
 
 from mscross import baselines
+from mscross.data import splits
 from mscross.metrics import directions, ranking
 from mscross.retrieval import evaluate
 
 SPLITS = ("validation", "test")
-NEAR_DUPLICATE = 0.99
+NEAR_DUPLICATE = splits.NEAR_DUPLICATE_COSINE
 NOVELTY_BINS = (
-  (NEAR_DUPLICATE, np.inf, ">= 0.99"),
+  (NEAR_DUPLICATE, np.inf, f">= {NEAR_DUPLICATE}"),
   (0.95, 0.99, "0.95-0.99"),
   (0.9, 0.95, "0.90-0.95"),
   (-np.inf, 0.9, "< 0.90"),
@@ -51,17 +52,6 @@ def per_query_ap(embeddings: dict, labels: np.ndarray, modalities) -> dict[str, 
     )
     out[key] = np.where(values["num_rel"] > 0, values["map"], np.nan)
   return out
-
-
-def novelty(query: np.ndarray, train: np.ndarray, block: int = 512) -> np.ndarray:
-  """[N]: each query row's highest cosine similarity to a train row."""
-
-  def unit(x):
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-  q, t = unit(query), unit(train)
-  return np.concatenate([np.max(q[i : i + block] @ t.T, axis=1) for i in range(0, len(q), block)])
 
 
 def pooled(ap: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> np.ndarray:
@@ -91,7 +81,9 @@ class SplitScores:
     self.dirs = directions.direction_names(self.modalities)
     self.model = per_query_ap(model_emb, split.label, self.modalities)
     self.sm = per_query_ap(sm_emb, split.label, self.modalities)
-    self.near = {m: novelty(raw.features[m], raw_train.features[m]) for m in self.modalities}
+    self.near = {
+      m: splits.nearest_cosine(raw.features[m], raw_train.features[m]) for m in self.modalities
+    }
     self.position = np.arange(len(split)) / len(split)
     self.classes = split.label.argmax(axis=1)
 

@@ -57,6 +57,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.bad_input = "skip"
   # Raw items per extractor call during feature extraction.
   c.data.extract_batch = 32
+  # The validation split: "as_prepared" (the dataset's own, or the seeded part of train its
+  # builder holds out), or "novel": its items that are near-duplicates of a train item (cosine
+  # >= 0.99 between their features in any modality) move to train, so that validation scores
+  # items unlike the training collection, as a later test split's are.
+  c.data.validation = "as_prepared"
 
   c.model = ml_collections.ConfigDict()
   # Hidden widths of each modality-specific encoder; `model.encoders.<modality>` overrides them
@@ -217,6 +222,7 @@ def validate(config) -> None:
     raise ConfigError("config.optim.disc_lr and config.optim.grad_clip must be >= 0")
 
   _choice("data.bad_input", config.data.bad_input, ("skip", "stop"))
+  _choice("data.validation", config.data.validation, ("as_prepared", "novel"))
   _positive_ints(config, "data", ("extract_batch",))
 
   m = config.model

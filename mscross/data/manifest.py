@@ -9,6 +9,9 @@ line) with, per pair:
   text_path   a UTF-8 text file holding it, relative to the data directory (or absolute)
   label       optional: the pair's class name (all rows labelled, or none)
   split       optional: train, validation or test (all rows, or none)
+  group       optional: pairs of one group (the same event, the same photo shoot) are never
+              split apart: a drawn split keeps each group whole, and given splits may not
+              part one (all rows, or none)
   id          optional: a unique id (default: the row number, from 1)
 
 For example (manifest.csv):
@@ -29,11 +32,11 @@ from typing import Any
 import numpy as np
 
 from mscross.data import checks, image_text, raw
-from mscross.data.splits import SPLITS, Split, carve_validation, holdout, split_60_20_20, subset
+from mscross.data.splits import SPLITS, Split, carve_validation, split_60_20_20, subset
 from mscross.errors import DataError
 
 NAMES = ("manifest.csv", "manifest.jsonl")
-COLUMNS = ("image", "text", "text_path", "label", "split", "id")
+COLUMNS = ("image", "text", "text_path", "label", "split", "group", "id")
 VALIDATION_FRACTION = 0.1
 
 
@@ -81,8 +84,9 @@ def _field(row: dict[str, Any], key: str) -> str:
   return "" if value is None else str(value).strip()
 
 
-def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], bool]:
-  """(manifest file, class names, pairs, whether the manifest gives the split)."""
+def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], bool, dict]:
+  """(manifest file, class names, pairs, whether the manifest gives the split, each pair's
+  group by pair id: empty without a group column)."""
   path = find(folder)
   rows = _rows(path)
   if not rows:
@@ -90,14 +94,14 @@ def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], boo
   keys = set().union(*(row.keys() for _, row in rows))
   if "image" not in keys or not keys & {"text", "text_path"}:
     raise DataError(f"{path}: needs an 'image' column and a 'text' or 'text_path' column")
-  for key in ("label", "split"):
+  for key in ("label", "split", "group"):
     given = [number for number, row in rows if _field(row, key)]
     if given and len(given) != len(rows):
       missing = next(number for number, row in rows if not _field(row, key))
       raise DataError(f"{path}:{missing}: no {key}; give a {key} on every row or on none")
   class_names = tuple(sorted({_field(row, "label") for _, row in rows} - {""}))
   has_split = any(_field(row, "split") for _, row in rows)
-  pairs = []
+  pairs, groups = [], {}
   for number, row in rows:
     where = f"{path}:{number}"
     # Without a split column the split is drawn after encoding: a pair skipped before has none.
@@ -109,17 +113,33 @@ def read_pairs(folder: Path) -> tuple[Path, tuple[str, ...], list[raw.Pair], boo
     if _field(row, "text_path"):
       text = folder / _field(row, "text_path")
     label = _field(row, "label")
+    pair_id = _field(row, "id") or str(number - (1 if path.suffix == ".csv" else 0))
+    if _field(row, "group"):
+      groups[pair_id] = _field(row, "group")
     pairs.append(
       raw.Pair(
         split=split,
-        id=_field(row, "id") or str(number - (1 if path.suffix == ".csv" else 0)),
+        id=pair_id,
         classes=(class_names.index(label),) if label else (),
         # An empty image field becomes the folder itself, reported as "no such image file".
         items={"image": folder / image if image else Path(where), "text": text},
         where=where,
       )
     )
-  return path, class_names, pairs, has_split
+  if groups and has_split:
+    _check_groups_whole(path, pairs, groups)
+  return path, class_names, pairs, has_split, groups
+
+
+def _check_groups_whole(path: Path, pairs: list[raw.Pair], groups: dict[str, str]) -> None:
+  seen: dict[str, raw.Pair] = {}
+  for pair in pairs:
+    first = seen.setdefault(groups[pair.id], pair)
+    if first.split != pair.split:
+      raise DataError(
+        f"{pair.where}: group {groups[pair.id]!r} is in {pair.split} here and in "
+        f"{first.split} at {first.where}; a group's pairs share one split"
+      )
 
 
 class Manifest(image_text.ImageTextBuilder, skip_registration=True):
@@ -130,6 +150,7 @@ class Manifest(image_text.ImageTextBuilder, skip_registration=True):
   efficientnet_lite0) and `data.extractors.text` (default minilm). Labels (class names) are
   optional. With a split column, its train/validation/test (validation, if absent, a seeded
   10% of train); without, a seeded (seed 0) 60/20/20 split, class-stratified when labelled.
+  With a group column, drawn splits keep each group whole (and are then not stratified).
   A pair whose image or text cannot be read is skipped and listed (`data.bad_input=stop`
   stops instead).
   """
@@ -142,12 +163,13 @@ class Manifest(image_text.ImageTextBuilder, skip_registration=True):
 
   @classmethod
   def listed(cls, folder: Path) -> tuple[list[Path], list[raw.Pair]]:
-    path, _, pairs, _ = read_pairs(folder)
+    path, _, pairs, _, _ = read_pairs(folder)
     return [path], pairs
 
   def read_source(self) -> dict[str, Split]:
-    path, class_names, pairs, has_split = read_pairs(self._source_dir)
+    path, class_names, pairs, has_split, groups = read_pairs(self._source_dir)
     kept, features = self.extract_raw(pairs)
+    group_of = np.asarray([groups[p.id] for p in kept], dtype=str) if groups else None
     labelled = bool(class_names)
     whole = Split(
       features,
@@ -158,12 +180,8 @@ class Manifest(image_text.ImageTextBuilder, skip_registration=True):
       class_names,
     )
     if not has_split:
-      if labelled:
-        indices = split_60_20_20(np.argmax(whole.label, axis=1), str(path))
-      else:
-        train, rest = holdout(np.arange(len(kept)), 0.4, None, str(path))
-        validation, test = holdout(rest, 0.5, None, str(path))
-        indices = {"train": train, "validation": validation, "test": test}
+      classes = np.argmax(whole.label, axis=1) if labelled else None
+      indices = split_60_20_20(classes, str(path), group_of, size=len(kept))
       # The items kept with a note (an image converted to RGB) now have a split to name.
       split_of = {str(whole.ids[row]): split for split, rows in indices.items() for row in rows}
       self._problems = [
@@ -171,15 +189,17 @@ class Manifest(image_text.ImageTextBuilder, skip_registration=True):
         for p in self._problems
       ]
       return {split: subset(whole, rows) for split, rows in indices.items()}
-    splits = {}
+    splits, rows_of = {}, {}
     for split in SPLITS:
       rows = np.asarray([i for i, p in enumerate(kept) if p.split == split], dtype=np.int64)
+      rows_of[split] = rows
       if split != "validation":
         checks.nonempty(len(rows), str(path), split)
       if len(rows):
         splits[split] = subset(whole, rows)
     if "validation" not in splits:
+      train_groups = None if group_of is None else group_of[rows_of["train"]]
       splits["train"], splits["validation"] = carve_validation(
-        splits["train"], VALIDATION_FRACTION, str(path)
+        splits["train"], VALIDATION_FRACTION, str(path), train_groups
       )
     return splits

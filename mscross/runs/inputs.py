@@ -144,6 +144,7 @@ class DataSource:
   data_dir: str | None  # None: no folder needed (an embedded dataset) or given
   labels: bool  # False drops the class labels: instance-level retrieval
   options: data.Options  # how raw items become features
+  validation: str  # the validation protocol (`data.validation`)
   standardize: bool
   power: float
   powers: dict[str, float]
@@ -158,21 +159,31 @@ class DataSource:
       options=data.Options(
         extractors=dict(d.extractors), bad_input=d.bad_input, batch_size=int(d.extract_batch)
       ),
+      validation=d.validation,
       standardize=bool(d.standardize),
       power=float(d.power),
       powers={m: float(p) for m, p in d.powers.items()},
     )
 
   def load(self, splits=data.SPLITS) -> tuple[dict[str, data.Split], list[data.Problem]]:
-    """The named splits (labels dropped when `labels` is off) and the raw items skipped or
-    converted when the dataset was prepared: one look at the source for all of them."""
+    """The named splits (labels dropped when `labels` is off; train and validation as the
+    validation protocol draws them) and the raw items skipped or converted when the dataset was
+    prepared: one look at the source for all of them."""
     prepared = data.prepare(self.name, self.data_dir, self.options)
-    out = {}
-    for name in splits:
-      split = prepared.split(name)
-      if not self.labels and split.label is not None:
-        split = dataclasses.replace(split, label=None, class_names=())
-      out[name] = split
+    out = {name: prepared.split(name) for name in splits}
+    if self.validation == "novel" and {"train", "validation"} & set(splits):
+      both = {n: out[n] if n in out else prepared.split(n) for n in ("train", "validation")}
+      both["train"], both["validation"] = data.splits.move_near_duplicates(
+        both["train"], both["validation"], where=f"{self.name} (data.validation=novel)"
+      )
+      out.update({name: both[name] for name in out if name in both})
+    if not self.labels:
+      out = {
+        name: dataclasses.replace(split, label=None, class_names=())
+        if split.label is not None
+        else split
+        for name, split in out.items()
+      }
     return out, prepared.problems()
 
   def fit(self, train: data.Split) -> Normalizer:

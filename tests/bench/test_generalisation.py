@@ -1,5 +1,5 @@
 """bench/generalisation.py's diagnosis of a finished run, checked against NumPy references: the
-per-query APs, the novelty of a query, the groups that partition the queries, and the files."""
+per-query APs, the groups that partition the queries, and the files."""
 
 import json
 
@@ -27,15 +27,6 @@ def test_per_query_ap_is_the_numpy_ap_of_each_query(gen):
   expected = [ap_reference(s[i], rel[i]) if rel[i].any() else np.nan for i in range(30)]
   np.testing.assert_allclose(ap["i2t"], expected, atol=1e-6)
   assert np.isnan(ap["t2i"][7])
-
-
-def test_novelty_is_the_highest_cosine_to_a_train_row(gen):
-  rng = np.random.default_rng(1)
-  train, query = rng.normal(size=(50, 6)), rng.normal(size=(9, 6))
-  query[0] = 3.0 * train[4]  # a near-duplicate at any scale
-  got = gen.novelty(query, train, block=4)
-  np.testing.assert_allclose(got, cosine64(query, train).max(axis=1), atol=1e-12)
-  assert got[0] == pytest.approx(1.0)
 
 
 def test_diagnosis_of_a_finished_run(gen, trained_run, tmp_path):

@@ -150,6 +150,45 @@ def test_manifest_csv_with_splits_and_jsonl_without(tmp_path):
   assert sizes == [18, 6, 6]  # the seeded 60/20/20 split
 
 
+def _grouped_manifest(folder, splits=None):
+  rows = ["image,text,label,group" + (",split" if splits else "")]
+  for n in range(36):
+    write_image(folder / f"{n}.png", seed=n)
+    row = f"{n}.png,a photo number {n},{('fox', 'harbour')[n % 2]},event{n // 3}"
+    rows.append(row + (f",{splits(n)}" if splits else ""))
+  (folder / "manifest.csv").write_text("\n".join(rows) + "\n")
+  return folder
+
+
+def _groups_of(split) -> set[str]:
+  return {f"event{(int(i) - 1) // 3}" for i in split.ids}  # ids are row numbers from 1
+
+
+def test_a_manifest_s_groups_are_never_split_apart(tmp_path):
+  drawn = _grouped_manifest(tmp_path / "drawn")
+  splits = {s: data.load_split("manifest", s, drawn, TINY) for s in data.SPLITS}
+  # 12 groups of 3: each whole in one split, every pair in one.
+  assert sum(len(s) for s in splits.values()) == 36
+  assert all(len(s) % 3 == 0 and len(s) for s in splits.values())
+  groups = [_groups_of(s) for s in splits.values()]
+  assert sum(len(g) for g in groups) == len(set().union(*groups)) == 12
+
+  # Given train and test: the validation carved from train keeps groups whole too.
+  given = _grouped_manifest(tmp_path / "given", lambda n: "test" if n >= 27 else "train")
+  carved = {s: data.load_split("manifest", s, given, TINY) for s in ("train", "validation")}
+  assert len(carved["validation"]) % 3 == 0 and len(carved["validation"])
+  assert not _groups_of(carved["train"]) & _groups_of(carved["validation"])
+
+
+def test_given_splits_that_part_a_group_are_one_error_line(tmp_path):
+  folder = _grouped_manifest(tmp_path / "parted", lambda n: "test" if n >= 26 else "train")
+  with pytest.raises(
+    DataError,
+    match=r"manifest\.csv:28: group 'event8' is in test here and in train at .*manifest\.csv:26",
+  ):
+    data.load_split("manifest", "train", folder, TINY)
+
+
 def test_a_manifest_without_splits_lists_skipped_pairs_without_a_split(tmp_path):
   folder = tmp_path / "mine"
   rows = ["image,text,label"]
