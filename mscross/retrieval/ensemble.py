@@ -20,6 +20,7 @@ import numpy as np
 
 from mscross import data
 from mscross.errors import ConfigError, DataError
+from mscross.metrics import similarity
 from mscross.retrieval import index as index_lib
 from mscross.retrieval.trained import TrainedModel
 
@@ -29,11 +30,7 @@ def combine(embeddings: Sequence[np.ndarray]) -> np.ndarray:
   l2-normalised (a zero row stays zero), concatenated and scaled by 1 / sqrt(M)."""
   if not embeddings:
     raise ValueError("an ensemble needs at least one member's embeddings")
-  parts = []
-  for e in embeddings:
-    e = np.asarray(e, np.float32)
-    norm = np.linalg.norm(e, axis=-1, keepdims=True)
-    parts.append(e / np.where(norm > 0, norm, 1.0))
+  parts = [np.asarray(similarity.normalize_jit(e)) for e in embeddings]
   return np.concatenate(parts, axis=-1) / np.sqrt(len(parts), dtype=np.float32)
 
 

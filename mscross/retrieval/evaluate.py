@@ -36,8 +36,7 @@ def load(workdir: str | Sequence[str], member: int | str | None = None) -> Train
     if isinstance(member, str):
       raise ConfigError(f"member must be a member's number or {ENSEMBLE!r}, got {member!r}")
     return Workdir(str(paths[0])).member(member or 0)
-  workdirs = [Workdir(str(p)) for p in paths]
-  return Ensemble([wd.member(m) for wd in workdirs for m in range(wd.size)])
+  return _every_member([Workdir(str(p)) for p in paths])
 
 
 def evaluate_workdir(
@@ -64,7 +63,7 @@ def evaluate_workdir(
   first = workdirs[0]
   header = {"method": first.config.method, "dataset": first.config.data.name, "split": split}
   if ensemble:
-    model = Ensemble([wd.member(m) for wd in workdirs for m in range(wd.size)])
+    model = _every_member(workdirs)
     part, embeddings = model.split_embeddings(split)
     scores = first.evaluation.metrics(_stacked(part, embeddings), part)
     members = [
@@ -113,6 +112,10 @@ def evaluate_workdir(
     index_lib.write_topk_files(out, embeddings, part.ids, topk)
     notes.append(f"top-{topk} neighbours: {out}")
   return result, notes
+
+
+def _every_member(workdirs: Sequence[Workdir]) -> Ensemble:
+  return Ensemble([wd.member(m) for wd in workdirs for m in range(wd.size)])
 
 
 def _stacked(split: data.Split, embeddings: dict) -> np.ndarray:
